@@ -1,0 +1,109 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::LocalKeyProvider;
+
+fn envelope() -> Envelope {
+    Envelope::new(Arc::new(LocalKeyProvider::generate().unwrap()))
+}
+
+#[tokio::test]
+async fn round_trip() {
+    let env = envelope();
+    for plaintext in [&b""[..], b"x", b"xoxb-0123456789", &[0u8; 10_000][..]] {
+        let sealed = env.seal(plaintext, b"addr#1").await.unwrap();
+        let opened = env.open(&sealed, b"addr#1").await.unwrap();
+        assert_eq!(&opened[..], plaintext);
+    }
+}
+
+#[tokio::test]
+async fn same_plaintext_seals_differently() {
+    let env = envelope();
+    let a = env.seal(b"token", b"aad").await.unwrap();
+    let b = env.seal(b"token", b"aad").await.unwrap();
+    assert_ne!(a, b, "fresh data key and nonce per value");
+}
+
+#[tokio::test]
+async fn plaintext_does_not_appear_in_sealed_bytes() {
+    let env = envelope();
+    let marker = b"MARKER-plaintext-never-on-disk";
+    let sealed = env.seal(marker, b"aad").await.unwrap();
+    assert!(!sealed.windows(marker.len()).any(|w| w == marker));
+}
+
+#[tokio::test]
+async fn aad_mismatch_fails() {
+    let env = envelope();
+    let sealed = env.seal(b"token", b"prod/p/slack#1").await.unwrap();
+    assert!(matches!(
+        env.open(&sealed, b"prod/p/slack#2").await,
+        Err(Error::Decrypt)
+    ));
+    assert!(matches!(
+        env.open(&sealed, b"prod/p/notion#1").await,
+        Err(Error::Decrypt)
+    ));
+}
+
+#[tokio::test]
+async fn wrong_key_fails_with_the_needed_key_id() {
+    let a = envelope();
+    let b = envelope();
+    let sealed = a.seal(b"token", b"aad").await.unwrap();
+    let needed = a.key_provider().active_key_id().to_owned();
+    match b.open(&sealed, b"aad").await {
+        Err(Error::UnknownKey { key_id }) => assert_eq!(key_id, needed),
+        other => panic!("expected UnknownKey, got {other:?}"),
+    }
+    assert_eq!(sealed_key_id(&sealed).unwrap(), needed);
+}
+
+#[tokio::test]
+async fn every_tampered_byte_is_detected() {
+    let env = envelope();
+    let sealed = env.seal(b"a token worth protecting", b"aad").await.unwrap();
+    for i in 0..sealed.len() {
+        let mut tampered = sealed.clone();
+        tampered[i] ^= 0x01;
+        assert!(
+            env.open(&tampered, b"aad").await.is_err(),
+            "flipping byte {i} went unnoticed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn truncated_and_garbage_inputs_are_errors_not_panics() {
+    let env = envelope();
+    let sealed = env.seal(b"token", b"aad").await.unwrap();
+    for len in 0..sealed.len() {
+        assert!(env.open(&sealed[..len], b"aad").await.is_err(), "len {len}");
+    }
+    assert!(matches!(
+        env.open(b"XX\x01", b"aad").await,
+        Err(Error::Malformed(_))
+    ));
+    let mut future = sealed.clone();
+    future[2] = 9;
+    assert!(matches!(
+        env.open(&future, b"aad").await,
+        Err(Error::UnsupportedFormat(9))
+    ));
+}
+
+#[tokio::test]
+async fn header_layout_is_as_documented() {
+    let env = envelope();
+    let sealed = env.seal(b"abc", b"aad").await.unwrap();
+    let key_id = env.key_provider().active_key_id();
+    assert_eq!(&sealed[..2], b"VE");
+    assert_eq!(sealed[2], FORMAT_VERSION);
+    assert_eq!(usize::from(sealed[3]), key_id.len());
+    assert_eq!(&sealed[4..4 + key_id.len()], key_id.as_bytes());
+    let w = 4 + key_id.len();
+    let wrapped_len = usize::from(u16::from_be_bytes([sealed[w], sealed[w + 1]]));
+    assert_eq!(wrapped_len, 12 + 32 + 16);
+    assert_eq!(sealed.len(), w + 2 + wrapped_len + 12 + 3 + 16);
+}

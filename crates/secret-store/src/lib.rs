@@ -1,0 +1,39 @@
+//! Persistent storage for sealed secrets and the usage log.
+//!
+//! The [`SecretStore`] trait is what the token manager asks of storage: keep
+//! one sealed secret per [`SecretAddress`](vault_types::SecretAddress) with
+//! its non-secret metadata, replace it only when the caller saw the current
+//! version (optimistic concurrency), delete it, and append usage records in
+//! the same transaction as the change they describe. The store never sees
+//! plaintext: values arrive already sealed by the encryption layer.
+//!
+//! [`SqliteStore`] is the embedded default: one file, WAL mode,
+//! `synchronous=FULL`, versioned migrations, all blocking calls on tokio's
+//! blocking pool.
+//!
+//! ```
+//! use vault_secret_store::{SecretStore, SqliteStore};
+//!
+//! # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+//! # rt.block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = SqliteStore::open(&dir.path().join("vault.db")).await?;
+//! store.health().await?;
+//! # Ok::<(), vault_secret_store::Error>(())
+//! # }).unwrap();
+//! ```
+
+mod error;
+mod model;
+mod sqlite;
+mod store;
+
+pub use error::{Error, Result};
+pub use model::{
+    AuditAction, AuditOutcome, AuditRecord, SecretMeta, SecretStatus, SecretWrite, StoredSecret,
+};
+pub use sqlite::{SqliteOptions, SqliteStore};
+pub use store::SecretStore;
+
+#[cfg(test)]
+mod tests;

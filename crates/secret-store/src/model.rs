@@ -1,0 +1,190 @@
+//! What the store keeps.
+
+use std::fmt;
+
+use time::OffsetDateTime;
+use vault_types::SecretAddress;
+
+/// The life-cycle state of a stored secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretStatus {
+    /// Usable (or refreshable) as far as the vault knows.
+    Active,
+    /// Recent refreshes failed for a reason that may pass.
+    RefreshFailing,
+    /// The provider rejected the grant: the user must reconnect.
+    ReauthRequired,
+}
+
+impl SecretStatus {
+    /// The stable lower-case name, as stored and shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::RefreshFailing => "refresh_failing",
+            Self::ReauthRequired => "reauth_required",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "active" => Self::Active,
+            "refresh_failing" => Self::RefreshFailing,
+            "reauth_required" => Self::ReauthRequired,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for SecretStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Non-secret facts about a stored secret, kept in clear for listing and
+/// indexing. The authoritative copies of expiry and scopes also travel
+/// inside the sealed value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretMeta {
+    /// Life-cycle state.
+    pub status: SecretStatus,
+    /// When the access token stops working; `None`: it does not expire.
+    pub valid_until: Option<OffsetDateTime>,
+    /// Scopes granted to the token.
+    pub scopes: Vec<String>,
+    /// Whether a refresh token is stored with it.
+    pub has_refresh_token: bool,
+    /// Token type, e.g. `Bearer`.
+    pub token_type: String,
+    /// Free-form non-secret facts (e.g. a Slack team id), a JSON object.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A new version of a secret, sealed.
+#[derive(Debug, Clone)]
+pub struct SecretWrite {
+    /// Where it goes.
+    pub address: SecretAddress,
+    /// Its version number: one more than the version it replaces, or 1.
+    pub version: u64,
+    /// The sealed value (opaque to the store).
+    pub sealed: Vec<u8>,
+    /// Id of the master key the value is sealed under.
+    pub key_id: String,
+    /// Non-secret metadata.
+    pub meta: SecretMeta,
+    /// When it was written.
+    pub at: OffsetDateTime,
+}
+
+/// A secret as stored.
+#[derive(Debug, Clone)]
+pub struct StoredSecret {
+    /// Where it lives.
+    pub address: SecretAddress,
+    /// Current version, starting at 1 and bumped by every replacement.
+    pub version: u64,
+    /// The sealed value.
+    pub sealed: Vec<u8>,
+    /// Id of the master key the value is sealed under.
+    pub key_id: String,
+    /// Non-secret metadata.
+    pub meta: SecretMeta,
+    /// When the first version at this address was stored.
+    pub created_at: OffsetDateTime,
+    /// When the current version was stored.
+    pub updated_at: OffsetDateTime,
+}
+
+/// What a usage record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    /// `POST /vault/store`.
+    Store,
+    /// `GET /vault/token`.
+    Read,
+    /// `DELETE /vault/delete`.
+    Delete,
+}
+
+impl AuditAction {
+    /// The stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Store => "store",
+            Self::Read => "read",
+            Self::Delete => "delete",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "store" => Self::Store,
+            "read" => Self::Read,
+            "delete" => Self::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// How the request a usage record describes ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditOutcome {
+    /// Served.
+    Success,
+    /// Refused: unauthenticated or not allowed.
+    Denied,
+    /// Nothing at the address.
+    NotFound,
+    /// Failed for another reason (the detail says which).
+    Failed,
+}
+
+impl AuditOutcome {
+    /// The stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Denied => "denied",
+            Self::NotFound => "not_found",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "success" => Self::Success,
+            "denied" => Self::Denied,
+            "not_found" => Self::NotFound,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One entry of the usage log. Never holds a token or other secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    /// When it happened.
+    pub at: OffsetDateTime,
+    /// The request it belongs to.
+    pub request_id: String,
+    /// The calling engine, when it could be identified.
+    pub engine_id: Option<String>,
+    /// What was asked.
+    pub action: AuditAction,
+    /// The environment, when known.
+    pub environment: Option<String>,
+    /// The project, when known.
+    pub project: Option<String>,
+    /// The platform, when known.
+    pub platform: Option<String>,
+    /// How it ended.
+    pub outcome: AuditOutcome,
+    /// A stable error code or other short non-secret detail.
+    pub detail: Option<String>,
+}

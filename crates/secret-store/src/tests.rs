@@ -1,0 +1,318 @@
+//! The store contract, run against every implementation.
+//!
+//! Each `contract_*` function takes any [`SecretStore`]; the SQLite tests at
+//! the bottom run them on a real file. Another backend runs the same
+//! functions.
+
+use std::os::unix::fs::PermissionsExt;
+
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+use vault_types::SecretAddress;
+
+use crate::sqlite::{MIGRATION_COUNT, schema_version};
+use crate::*;
+
+fn addr(platform: &str) -> SecretAddress {
+    SecretAddress::new("prod", "pf_203", platform).unwrap()
+}
+
+const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
+
+fn write(address: &SecretAddress, version: u64, sealed: &[u8]) -> SecretWrite {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("team_id".into(), "T123".into());
+    SecretWrite {
+        address: address.clone(),
+        version,
+        sealed: sealed.to_vec(),
+        key_id: "local-test".into(),
+        meta: SecretMeta {
+            status: SecretStatus::Active,
+            valid_until: Some(T0 + Duration::hours(1)),
+            scopes: vec!["chat:write".into(), "users:read".into()],
+            has_refresh_token: true,
+            token_type: "Bearer".into(),
+            metadata: Some(metadata),
+        },
+        at: T0 + Duration::seconds(version as i64),
+    }
+}
+
+fn audit(action: AuditAction, request_id: &str) -> AuditRecord {
+    AuditRecord {
+        at: T0,
+        request_id: request_id.into(),
+        engine_id: Some("execution".into()),
+        action,
+        environment: Some("prod".into()),
+        project: Some("pf_203".into()),
+        platform: Some("slack".into()),
+        outcome: AuditOutcome::Success,
+        detail: None,
+    }
+}
+
+async fn contract_crud(store: &dyn SecretStore) {
+    let a = addr("slack");
+    assert!(store.get(&a).await.unwrap().is_none());
+
+    store
+        .put(
+            write(&a, 1, b"sealed-1"),
+            None,
+            audit(AuditAction::Store, "r1"),
+        )
+        .await
+        .unwrap();
+    let got = store.get(&a).await.unwrap().unwrap();
+    assert_eq!(got.version, 1);
+    assert_eq!(got.sealed, b"sealed-1");
+    assert_eq!(got.key_id, "local-test");
+    assert_eq!(got.meta, write(&a, 1, b"").meta);
+    assert_eq!(got.created_at, T0 + Duration::seconds(1));
+
+    // Replace: version bumps, created_at stays, updated_at moves.
+    store
+        .put(
+            write(&a, 2, b"sealed-2"),
+            Some(1),
+            audit(AuditAction::Store, "r2"),
+        )
+        .await
+        .unwrap();
+    let got = store.get(&a).await.unwrap().unwrap();
+    assert_eq!((got.version, got.sealed.as_slice()), (2, &b"sealed-2"[..]));
+    assert_eq!(got.created_at, T0 + Duration::seconds(1));
+    assert_eq!(got.updated_at, T0 + Duration::seconds(2));
+
+    // Other addresses are independent.
+    assert!(store.get(&addr("notion")).await.unwrap().is_none());
+
+    assert_eq!(
+        store
+            .delete(&a, audit(AuditAction::Delete, "r3"))
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert!(store.get(&a).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .delete(&a, audit(AuditAction::Delete, "r4"))
+            .await
+            .unwrap(),
+        None
+    );
+
+    let log = store.recent_audit(10).await.unwrap();
+    let ids: Vec<_> = log.iter().map(|r| r.request_id.as_str()).collect();
+    assert_eq!(ids, ["r4", "r3", "r2", "r1"]);
+    assert_eq!(log[0].outcome, AuditOutcome::NotFound);
+    assert_eq!(log[1].outcome, AuditOutcome::Success);
+    assert_eq!(log[3], audit(AuditAction::Store, "r1"));
+}
+
+async fn contract_conflicts_change_nothing(store: &dyn SecretStore) {
+    let a = addr("google");
+    store
+        .put(write(&a, 1, b"v1"), None, audit(AuditAction::Store, "c1"))
+        .await
+        .unwrap();
+    // Expecting "absent" when a secret exists.
+    let err = store
+        .put(
+            write(&a, 1, b"other"),
+            None,
+            audit(AuditAction::Store, "c2"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::Conflict {
+            expected: None,
+            found: Some(1)
+        }
+    ));
+    // Expecting a stale version.
+    store
+        .put(
+            write(&a, 2, b"v2"),
+            Some(1),
+            audit(AuditAction::Store, "c3"),
+        )
+        .await
+        .unwrap();
+    let err = store
+        .put(
+            write(&a, 2, b"stale"),
+            Some(1),
+            audit(AuditAction::Store, "c4"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), vault_types::ErrorKind::Conflict);
+    // A version that does not follow the expected one is refused.
+    assert!(matches!(
+        store
+            .put(write(&a, 7, b"x"), Some(2), audit(AuditAction::Store, "c5"))
+            .await,
+        Err(Error::Invalid(_))
+    ));
+    let got = store.get(&a).await.unwrap().unwrap();
+    assert_eq!((got.version, got.sealed.as_slice()), (2, &b"v2"[..]));
+    // Failed writes left no audit record behind.
+    let ids: Vec<_> = store
+        .recent_audit(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    assert!(ids.contains(&"c3".to_string()));
+    assert!(!ids.iter().any(|i| i == "c2" || i == "c4" || i == "c5"));
+}
+
+async fn contract_concurrent_writers_one_wins(store: &std::sync::Arc<dyn SecretStore>) {
+    let a = addr("stripe");
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = std::sync::Arc::clone(store);
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .put(
+                    write(&a, 1, format!("w{i}").as_bytes()),
+                    None,
+                    audit(AuditAction::Store, &format!("w{i}")),
+                )
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(e) => assert!(matches!(e, Error::Conflict { .. })),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one creator wins");
+}
+
+async fn sqlite_store(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("data").join("vault.db"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sqlite_crud() {
+    let dir = tempfile::tempdir().unwrap();
+    contract_crud(&sqlite_store(&dir).await).await;
+}
+
+#[tokio::test]
+async fn sqlite_conflicts_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    contract_conflicts_change_nothing(&sqlite_store(&dir).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_writers_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<dyn SecretStore> = std::sync::Arc::new(sqlite_store(&dir).await);
+    contract_concurrent_writers_one_wins(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite_survives_reopen_and_migrates_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join("vault.db");
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .put(
+                write(&addr("slack"), 1, b"kept"),
+                None,
+                audit(AuditAction::Store, "m1"),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(schema_version(&path), MIGRATION_COUNT as i64);
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        store.get(&addr("slack")).await.unwrap().unwrap().sealed,
+        b"kept"
+    );
+    assert_eq!(schema_version(&path), MIGRATION_COUNT as i64);
+    assert_eq!(store.recent_audit(10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.db");
+    drop(SqliteStore::open(&path).await.unwrap());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 999)
+        .unwrap();
+    let err = SqliteStore::open(&path).await.unwrap_err();
+    assert!(
+        matches!(err, Error::SchemaTooNew { found: 999, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_files_are_private_and_wal_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    store
+        .put(
+            write(&addr("slack"), 1, b"x"),
+            None,
+            audit(AuditAction::Store, "p1"),
+        )
+        .await
+        .unwrap();
+    let data = dir.path().join("data");
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for name in ["vault.db", "vault.db-wal", "vault.db-shm"] {
+        let mode = std::fs::metadata(data.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+    let conn = rusqlite::Connection::open(data.join("vault.db")).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn sqlite_corrupt_rows_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    store
+        .put(
+            write(&addr("slack"), 1, b"x"),
+            None,
+            audit(AuditAction::Store, "k1"),
+        )
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    conn.execute("UPDATE secrets SET status = 'bogus'", [])
+        .unwrap();
+    let err = store.get(&addr("slack")).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt(_)), "{err}");
+}

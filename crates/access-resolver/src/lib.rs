@@ -1,0 +1,44 @@
+//! Who is calling the vault, and what it may do.
+//!
+//! Every request names its engine (`X-Engine-Id`) and proves it with a
+//! bearer token. An [`AccessResolver`] turns those [`EngineCredentials`]
+//! into a [`Principal`] (or refuses: unauthenticated) and then decides
+//! whether that principal may perform an [`Action`] on a secret address
+//! (or refuses: forbidden).
+//!
+//! [`ConfigResolver`] is the embedded implementation: engines are listed in
+//! the configuration with the SHA-256 of their token (compared in constant
+//! time; the token itself is never stored) and a list of [`Grant`]s.
+//!
+//! ```
+//! use vault_access_resolver::{
+//!     AccessResolver, Action, ConfigResolver, EngineConfig, EngineCredentials,
+//! };
+//! use vault_types::SecretAddress;
+//!
+//! # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+//! # rt.block_on(async {
+//! let resolver = ConfigResolver::new(vec![EngineConfig {
+//!     id: "execution".into(),
+//!     token_sha256: vault_access_resolver::token_sha256_hex("s3cret"),
+//!     grants: vec!["read:prod:*:*".parse()?],
+//! }])?;
+//! let caller = resolver
+//!     .authenticate(&EngineCredentials::new("execution", "s3cret"))
+//!     .await?;
+//! let slack = SecretAddress::new("prod", "pf_203", "slack")?;
+//! resolver.authorize(&caller, Action::Read, &slack).await?;
+//! assert!(resolver.authorize(&caller, Action::Delete, &slack).await.is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+mod config;
+mod error;
+mod grant;
+mod resolver;
+
+pub use config::{ConfigResolver, EngineConfig, token_sha256_hex};
+pub use error::{Error, Result};
+pub use grant::{Action, Grant, GrantParseError, GrantSpec, Pattern};
+pub use resolver::{AccessResolver, EngineCredentials, Principal};

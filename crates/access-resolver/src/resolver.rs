@@ -1,0 +1,60 @@
+//! The access-resolver seam.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use vault_types::{Secret, SecretAddress};
+
+use crate::{Action, Result};
+
+/// What a caller presents: its engine id and its bearer token.
+#[derive(Clone)]
+pub struct EngineCredentials {
+    /// The claimed engine id (from `X-Engine-Id`).
+    pub engine_id: String,
+    /// The bearer token.
+    pub token: Secret,
+}
+
+impl EngineCredentials {
+    /// Builds credentials.
+    pub fn new(engine_id: impl Into<String>, token: impl Into<Secret>) -> Self {
+        Self {
+            engine_id: engine_id.into(),
+            token: token.into(),
+        }
+    }
+}
+
+impl fmt::Debug for EngineCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineCredentials")
+            .field("engine_id", &self.engine_id)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+/// An authenticated engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The engine's id.
+    pub engine_id: String,
+}
+
+/// Decides who is calling and what it may do.
+#[async_trait]
+pub trait AccessResolver: fmt::Debug + Send + Sync + 'static {
+    /// Identifies the caller, or fails with
+    /// [`Error::Unauthenticated`](crate::Error::Unauthenticated).
+    async fn authenticate(&self, credentials: &EngineCredentials) -> Result<Principal>;
+
+    /// Allows `action` on `address` for `principal`, or fails with
+    /// [`Error::Forbidden`](crate::Error::Forbidden).
+    async fn authorize(
+        &self,
+        principal: &Principal,
+        action: Action,
+        address: &SecretAddress,
+    ) -> Result<()>;
+}

@@ -1,0 +1,244 @@
+//! What goes into and comes out of the token manager.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use vault_secret_store::SecretStatus;
+use vault_types::{Secret, SecretAddress};
+
+use crate::{Error, Result};
+
+/// Limits on what a caller may store.
+pub mod limits {
+    /// Longest access or refresh token, in bytes.
+    pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+    /// Most scopes on one token.
+    pub const MAX_SCOPES: usize = 256;
+    /// Longest scope, in bytes.
+    pub const MAX_SCOPE_BYTES: usize = 256;
+    /// Longest token type, in bytes.
+    pub const MAX_TOKEN_TYPE_BYTES: usize = 32;
+    /// Largest `metadata` object, serialised as JSON, in bytes.
+    pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+    /// Longest accepted `expires_in`: ten years, in seconds.
+    pub const MAX_EXPIRES_IN: u64 = 10 * 365 * 24 * 3600;
+}
+
+/// Who is asking, for the usage log.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// An id unique to this request.
+    pub request_id: String,
+    /// The authenticated engine, if any.
+    pub engine_id: Option<String>,
+}
+
+impl RequestContext {
+    /// Builds a context.
+    pub fn new(request_id: impl Into<String>, engine_id: Option<String>) -> Self {
+        Self {
+            request_id: request_id.into(),
+            engine_id,
+        }
+    }
+}
+
+/// A token as handed over by the party that ran the OAuth flow (or a
+/// manually entered API key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenData {
+    /// The access token (or API key).
+    pub access_token: Secret,
+    /// The refresh token, when the provider issued one.
+    #[serde(default)]
+    pub refresh_token: Option<Secret>,
+    /// Lifetime of the access token in seconds; `None`: it does not expire.
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    /// Scopes granted to the token.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Token type; `Bearer` when not given.
+    #[serde(default)]
+    pub token_type: Option<String>,
+}
+
+impl TokenData {
+    /// A non-expiring token without refresh token or scopes.
+    pub fn new(access_token: Secret) -> Self {
+        Self {
+            access_token,
+            refresh_token: None,
+            expires_in: None,
+            scopes: Vec::new(),
+            token_type: None,
+        }
+    }
+}
+
+/// A request to store (create or replace) a secret.
+#[derive(Debug, Clone)]
+pub struct StoreRequest {
+    /// Where to store it.
+    pub address: SecretAddress,
+    /// The token.
+    pub token: TokenData,
+    /// Free-form non-secret facts, e.g. a Slack team id.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl StoreRequest {
+    /// A request without metadata.
+    pub fn new(address: SecretAddress, token: TokenData) -> Self {
+        Self {
+            address,
+            token,
+            metadata: None,
+        }
+    }
+}
+
+/// Metadata about a stored secret: never a token value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretInfo {
+    /// Where it lives.
+    pub address: SecretAddress,
+    /// Current version.
+    pub version: u64,
+    /// Life-cycle state.
+    pub status: SecretStatus,
+    /// When the access token stops working; `None`: never.
+    pub valid_until: Option<OffsetDateTime>,
+    /// Scopes of the token.
+    pub scopes: Vec<String>,
+    /// Whether a refresh token is stored.
+    pub has_refresh_token: bool,
+    /// Token type.
+    pub token_type: String,
+    /// When this version was stored.
+    pub stored_at: OffsetDateTime,
+    /// When the first version at this address was stored.
+    pub created_at: OffsetDateTime,
+    /// Non-secret metadata given at store time.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// An access token handed to an engine.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    /// The access token.
+    pub access_token: Secret,
+    /// Token type, e.g. `Bearer`.
+    pub token_type: String,
+    /// When it stops working; `None`: never.
+    pub valid_until: Option<OffsetDateTime>,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// The stored version it came from.
+    pub version: u64,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    /// The address that was deleted.
+    pub address: SecretAddress,
+    /// The version that was current when it was deleted.
+    pub version: u64,
+}
+
+/// The sealed plaintext of a stored token. Holds the authoritative expiry
+/// and scopes; the clear-text copies in the store are for indexing only.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SealedToken {
+    pub(crate) access_token: Secret,
+    pub(crate) refresh_token: Option<Secret>,
+    pub(crate) token_type: String,
+    pub(crate) valid_until: Option<i64>,
+    pub(crate) scopes: Vec<String>,
+}
+
+fn check_token(field: &str, token: &Secret) -> Result<()> {
+    if token.is_empty() {
+        return Err(Error::InvalidInput(format!("{field} must not be empty")));
+    }
+    if token.len() > limits::MAX_TOKEN_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "{field} must be at most {} bytes",
+            limits::MAX_TOKEN_BYTES
+        )));
+    }
+    if token.expose().chars().any(char::is_control) {
+        return Err(Error::InvalidInput(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates scopes and removes duplicates, keeping the first occurrence.
+pub(crate) fn normalise_scopes(scopes: &[String], field: &str) -> Result<Vec<String>> {
+    if scopes.len() > limits::MAX_SCOPES {
+        return Err(Error::InvalidInput(format!(
+            "at most {} {field} are allowed",
+            limits::MAX_SCOPES
+        )));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(scopes.len());
+    for s in scopes {
+        if s.is_empty()
+            || s.len() > limits::MAX_SCOPE_BYTES
+            || s.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+        {
+            return Err(Error::InvalidInput(format!(
+                "each of {field} must be 1 to {} characters without spaces or commas",
+                limits::MAX_SCOPE_BYTES
+            )));
+        }
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    Ok(out)
+}
+
+impl StoreRequest {
+    /// Checks every field; returns the normalised scopes and token type.
+    pub(crate) fn validate(&self) -> Result<(Vec<String>, String)> {
+        let t = &self.token;
+        check_token("access_token", &t.access_token)?;
+        if let Some(rt) = &t.refresh_token {
+            check_token("refresh_token", rt)?;
+        }
+        if t.expires_in.is_some_and(|e| e > limits::MAX_EXPIRES_IN) {
+            return Err(Error::InvalidInput(format!(
+                "expires_in must be at most {} seconds",
+                limits::MAX_EXPIRES_IN
+            )));
+        }
+        let scopes = normalise_scopes(&t.scopes, "scopes")?;
+        let token_type = t.token_type.clone().unwrap_or_else(|| "Bearer".to_owned());
+        if token_type.is_empty()
+            || token_type.len() > limits::MAX_TOKEN_TYPE_BYTES
+            || !token_type
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(Error::InvalidInput(format!(
+                "token_type must be 1 to {} letters, digits, '-', '_' or '.'",
+                limits::MAX_TOKEN_TYPE_BYTES
+            )));
+        }
+        if let Some(m) = &self.metadata {
+            let size = serde_json::to_vec(m).map(|v| v.len()).unwrap_or(usize::MAX);
+            if size > limits::MAX_METADATA_BYTES {
+                return Err(Error::InvalidInput(format!(
+                    "metadata must be at most {} bytes of JSON",
+                    limits::MAX_METADATA_BYTES
+                )));
+            }
+        }
+        Ok((scopes, token_type))
+    }
+}

@@ -523,6 +523,18 @@ impl SecretStore for SqliteStore {
         self.with_reader(move |c| recent_audit(c, limit)).await
     }
 
+    async fn key_ids_in_use(&self) -> Result<Vec<String>> {
+        self.with_reader(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT DISTINCT key_id FROM secrets ORDER BY key_id")?;
+            let ids = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
     async fn health(&self) -> Result<()> {
         self.with_reader(|c| {
             c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;

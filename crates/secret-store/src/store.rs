@@ -39,6 +39,11 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     /// The newest `limit` usage records, newest first.
     async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>>;
 
+    /// The distinct master-key ids that stored secrets are sealed under
+    /// (checked at start-up: a key the vault cannot load means it must not
+    /// serve).
+    async fn key_ids_in_use(&self) -> Result<Vec<String>>;
+
     /// Checks that the store can serve requests.
     async fn health(&self) -> Result<()>;
 }

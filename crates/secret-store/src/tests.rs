@@ -55,6 +55,7 @@ fn audit(action: AuditAction, request_id: &str) -> AuditRecord {
 
 async fn contract_crud(store: &dyn SecretStore) {
     let a = addr("slack");
+    assert!(store.key_ids_in_use().await.unwrap().is_empty());
     assert!(store.get(&a).await.unwrap().is_none());
 
     store
@@ -85,6 +86,8 @@ async fn contract_crud(store: &dyn SecretStore) {
     assert_eq!((got.version, got.sealed.as_slice()), (2, &b"sealed-2"[..]));
     assert_eq!(got.created_at, T0 + Duration::seconds(1));
     assert_eq!(got.updated_at, T0 + Duration::seconds(2));
+
+    assert_eq!(store.key_ids_in_use().await.unwrap(), ["local-test"]);
 
     // Other addresses are independent.
     assert!(store.get(&addr("notion")).await.unwrap().is_none());

@@ -46,4 +46,4 @@ pub use manager::TokenManager;
 pub use model::{
     DeleteOutcome, IssuedToken, RequestContext, SecretInfo, StoreRequest, TokenData, limits,
 };
-pub use vault_secret_store::SecretStatus;
+pub use vault_secret_store::{AuditAction, AuditOutcome, AuditRecord, SecretStatus};

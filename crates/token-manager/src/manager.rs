@@ -183,15 +183,19 @@ impl TokenManager {
         let (scopes, token_type) = request.validate()?;
         let address = request.address.clone();
         for _ in 0..STORE_ATTEMPTS {
-            let now = self.clock.now();
+            // Millisecond precision: what the store keeps, so the answer
+            // matches later reads.
+            let now = from_ms(to_ms(self.clock.now()))?;
             let existing = self.store.get(&address).await?;
             let current = existing.as_ref().map(|s| s.version);
             let created_at = existing.map_or(now, |s| s.created_at);
             let version = current.unwrap_or(0) + 1;
-            let valid_until = request
-                .token
-                .expires_in
-                .map(|secs| now + time::Duration::seconds(secs as i64));
+            let valid_until = request.token.expires_in.map(|secs| {
+                // Whole seconds, rounded down: never later than the provider said.
+                (now + time::Duration::seconds(secs as i64))
+                    .replace_nanosecond(0)
+                    .unwrap_or(now)
+            });
             let sealed_token = SealedToken {
                 access_token: request.token.access_token.clone(),
                 refresh_token: request.token.refresh_token.clone(),

@@ -1,0 +1,86 @@
+//! The command line.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::startup::Application;
+
+/// Vault Engine: encrypted storage of third-party credentials for PURAIFY engines.
+#[derive(Debug, Parser)]
+#[command(name = "vault-server", version, about)]
+pub struct Cli {
+    /// TOML configuration file. Every key can also be set as an environment
+    /// variable, e.g. VAULT__SERVER__BIND=0.0.0.0:8200.
+    #[arg(long, short, env = "VAULT_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (the default).
+    Serve,
+    /// Read an engine token on standard input and print its hex SHA-256,
+    /// the value for `token_sha256` in `[[engines]]`.
+    HashToken,
+}
+
+/// Runs the command line; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config),
+        Command::HashToken => hash_token(),
+    }
+}
+
+fn hash_token() -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("error: reading standard input: {e}");
+        return ExitCode::from(2);
+    }
+    let token = input.trim();
+    if token.is_empty() {
+        eprintln!("error: no token on standard input");
+        return ExitCode::from(2);
+    }
+    println!("{}", vault_access_resolver::token_sha256_hex(token));
+    ExitCode::SUCCESS
+}
+
+fn serve(config_path: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&config.log);
+    let result = actix_web::rt::System::new().block_on(async {
+        let app = Application::build(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        app.run_until_stopped().await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("vault stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "vault failed to start or stopped with an error");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Wiring: picks the implementations the configuration names and starts
+//! the HTTP server.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use ring::rand::{SecureRandom, SystemRandom};
+use vault_access_resolver::{AccessResolver, ConfigResolver, EngineConfig, token_sha256_hex};
+use vault_api::ApiState;
+use vault_encryption_layer::{Envelope, KeyProvider, LocalKeyProvider};
+use vault_secret_store::{SecretStore, SqliteStore};
+use vault_token_manager::TokenManager;
+use vault_types::SystemClock;
+
+use crate::config::{Config, KeyProviderKind, StorageBackend};
+
+/// Why the server could not start. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Opening or migrating storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] vault_secret_store::Error),
+    /// Loading the master key failed.
+    #[error("master key: {0}")]
+    Keys(#[from] vault_encryption_layer::Error),
+    /// The database holds secrets sealed under a key that is not loaded.
+    #[error(
+        "the database holds secrets sealed under master key {needed}, but the configured key is {loaded}; configure the key with id {needed}"
+    )]
+    MissingKey {
+        /// The key id the stored secrets need.
+        needed: String,
+        /// The key id that was loaded.
+        loaded: String,
+    },
+    /// The database holds secrets but the key file is gone.
+    #[error(
+        "the database holds secrets sealed under master key {needed}, but the key file {path} does not exist; restore it (a new key would not open them)"
+    )]
+    KeyFileMissing {
+        /// The key id the stored secrets need.
+        needed: String,
+        /// The configured key file.
+        path: String,
+    },
+    /// The engine list is invalid.
+    #[error("engines: {0}")]
+    Access(#[from] vault_access_resolver::Error),
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartupError {
+    let what = what.into();
+    move |source| StartupError::Io { what, source }
+}
+
+fn ensure_private_dir(dir: &Path) -> Result<(), StartupError> {
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(format!("creating {}", dir.display())))
+}
+
+/// A running vault: its address and a handle to stop it.
+pub struct Application {
+    server: Server,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn SecretStore>, StartupError> {
+    match config.storage.backend {
+        StorageBackend::Sqlite => {
+            let path = config.database_path();
+            let store = SqliteStore::open(&path).await?;
+            tracing::info!(path = %path.display(), "opened SQLite store");
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Loads the master key and checks that it opens what is stored.
+fn load_keys(config: &Config, in_use: &[String]) -> Result<Arc<dyn KeyProvider>, StartupError> {
+    let keys = match config.keys.provider {
+        KeyProviderKind::File => {
+            let path = config.key_file();
+            if !path.exists() {
+                if let Some(needed) = in_use.first() {
+                    return Err(StartupError::KeyFileMissing {
+                        needed: needed.clone(),
+                        path: path.display().to_string(),
+                    });
+                }
+                if let Some(dir) = path.parent() {
+                    ensure_private_dir(dir)?;
+                }
+            }
+            LocalKeyProvider::from_file(&path, config.keys.create_if_missing && in_use.is_empty())?
+        }
+        KeyProviderKind::Env => LocalKeyProvider::from_env(&config.keys.env_var)?,
+    };
+    if let Some(needed) = in_use.iter().find(|id| *id != keys.active_key_id()) {
+        return Err(StartupError::MissingKey {
+            needed: needed.clone(),
+            loaded: keys.active_key_id().to_owned(),
+        });
+    }
+    tracing::info!(key_id = keys.active_key_id(), "loaded master key");
+    Ok(Arc::new(keys))
+}
+
+/// Reads the development engine's token, creating it (mode 0600) on first use.
+fn dev_engine_token(path: &Path) -> Result<String, StartupError> {
+    if path.exists() {
+        let token = std::fs::read_to_string(path)
+            .map_err(io(format!("reading {}", path.display())))?
+            .trim()
+            .to_owned();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    if let Some(dir) = path.parent() {
+        ensure_private_dir(dir)?;
+    }
+    let mut raw = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| vault_encryption_layer::Error::Random)?;
+    let token = hex::encode(raw);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("writing {}", path.display())))?;
+    writeln!(file, "{token}")
+        .and_then(|()| file.sync_all())
+        .map_err(io(format!("writing {}", path.display())))?;
+    Ok(token)
+}
+
+fn resolver(config: &Config) -> Result<Arc<dyn AccessResolver>, StartupError> {
+    let engines = if config.engines.is_empty() {
+        let path = config.dev_token_file();
+        let token = dev_engine_token(&path)?;
+        tracing::warn!(
+            token_file = %path.display(),
+            "no engines are configured: DEVELOPMENT SETUP with engine `dev` holding every grant; \
+             its token is in the token file. Configure [[engines]] before storing real credentials"
+        );
+        vec![EngineConfig {
+            id: "dev".into(),
+            token_sha256: token_sha256_hex(&token),
+            grants: vec![
+                "*:*:*:*"
+                    .parse()
+                    .map_err(|e| vault_access_resolver::Error::InvalidConfig(format!("{e}")))?,
+            ],
+        }]
+    } else {
+        config
+            .engines
+            .iter()
+            .map(|e| {
+                let grants = e
+                    .grants
+                    .iter()
+                    .map(|g| g.to_grant())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|err| {
+                        vault_access_resolver::Error::InvalidConfig(format!(
+                            "engine {}: {err}",
+                            e.id
+                        ))
+                    })?;
+                Ok(EngineConfig {
+                    id: e.id.clone(),
+                    token_sha256: e.token_sha256.clone(),
+                    grants,
+                })
+            })
+            .collect::<Result<Vec<_>, vault_access_resolver::Error>>()?
+    };
+    Ok(Arc::new(ConfigResolver::new(engines)?))
+}
+
+impl Application {
+    /// Opens storage, loads keys, builds the resolver and binds the HTTP
+    /// server. Must run inside an actix system (`actix_web::rt::System`).
+    pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        let store = open_store(config).await?;
+        let in_use = store.key_ids_in_use().await?;
+        let keys = load_keys(config, &in_use)?;
+        let access = resolver(config)?;
+        let tokens = TokenManager::new(store, Envelope::new(keys), Arc::new(SystemClock));
+        let state = ApiState::new(tokens, access, config.vault.default_environment.clone());
+
+        let listener = TcpListener::bind(&config.server.bind)
+            .map_err(io(format!("binding {}", config.server.bind)))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(io("reading the bound address"))?;
+        let server = vault_api::server(state, listener, config.server.workers)
+            .map_err(io("starting the HTTP server"))?;
+        tracing::info!(address = %local_addr, "vault listening");
+        Ok(Self { server, local_addr })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle that can stop the server.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGINT/SIGTERM (graceful) or [`ServerHandle::stop`].
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

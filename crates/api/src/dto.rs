@@ -1,0 +1,134 @@
+//! Request and response bodies.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use vault_token_manager::{DeleteOutcome, IssuedToken, SecretInfo, TokenData};
+use vault_types::{Secret, SecretAddress};
+
+/// `POST /vault/store` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreBody {
+    /// The storing engine; must match the authenticated one when given.
+    #[serde(default)]
+    pub(crate) engine_id: Option<String>,
+    pub(crate) project_id: String,
+    pub(crate) platform: String,
+    #[serde(default)]
+    pub(crate) environment: Option<String>,
+    pub(crate) token_data: TokenData,
+    #[serde(default)]
+    pub(crate) metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Query of `GET /vault/token/...`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenQuery {
+    #[serde(default)]
+    pub(crate) env: Option<String>,
+    /// Comma-separated scopes the token must carry.
+    #[serde(default)]
+    pub(crate) scopes: Option<String>,
+}
+
+/// Query of `DELETE /vault/delete/...`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnvQuery {
+    #[serde(default)]
+    pub(crate) env: Option<String>,
+}
+
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    // Formatting a UTC timestamp in RFC 3339 only fails for years outside
+    // 0..=9999, which validated expiries cannot reach.
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Metadata of a stored secret (store response): never a token.
+#[derive(Debug, Serialize)]
+pub(crate) struct SecretInfoBody {
+    environment: String,
+    project: String,
+    platform: String,
+    version: u64,
+    status: &'static str,
+    valid_until: Option<String>,
+    scopes: Vec<String>,
+    has_refresh_token: bool,
+    token_type: String,
+    stored_at: String,
+    created_at: String,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl From<SecretInfo> for SecretInfoBody {
+    fn from(i: SecretInfo) -> Self {
+        Self {
+            environment: i.address.environment().to_owned(),
+            project: i.address.project().to_owned(),
+            platform: i.address.platform().to_owned(),
+            version: i.version,
+            status: i.status.as_str(),
+            valid_until: i.valid_until.map(rfc3339),
+            scopes: i.scopes,
+            has_refresh_token: i.has_refresh_token,
+            token_type: i.token_type,
+            stored_at: rfc3339(i.stored_at),
+            created_at: rfc3339(i.created_at),
+            metadata: i.metadata,
+        }
+    }
+}
+
+/// `GET /vault/token/...` response.
+#[derive(Debug, Serialize)]
+pub(crate) struct TokenBody {
+    access_token: Secret,
+    token_type: String,
+    valid_until: Option<String>,
+    scopes: Vec<String>,
+    version: u64,
+    environment: String,
+    project: String,
+    platform: String,
+}
+
+impl TokenBody {
+    pub(crate) fn new(t: IssuedToken, address: &SecretAddress) -> Self {
+        Self {
+            access_token: t.access_token,
+            token_type: t.token_type,
+            valid_until: t.valid_until.map(rfc3339),
+            scopes: t.scopes,
+            version: t.version,
+            environment: address.environment().to_owned(),
+            project: address.project().to_owned(),
+            platform: address.platform().to_owned(),
+        }
+    }
+}
+
+/// `DELETE /vault/delete/...` response.
+#[derive(Debug, Serialize)]
+pub(crate) struct DeleteBody {
+    deleted: bool,
+    environment: String,
+    project: String,
+    platform: String,
+    version: u64,
+}
+
+impl From<DeleteOutcome> for DeleteBody {
+    fn from(d: DeleteOutcome) -> Self {
+        Self {
+            deleted: true,
+            environment: d.address.environment().to_owned(),
+            project: d.address.project().to_owned(),
+            platform: d.address.platform().to_owned(),
+            version: d.version,
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The one place where errors become HTTP responses.
+
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use vault_types::ErrorKind;
+
+/// An error as the API answers it: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+/// The status for each error kind.
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl ApiError {
+    /// An error of `kind` with a stable `code` and a message for the caller.
+    ///
+    /// For server-side kinds (unavailable, internal) the message is replaced
+    /// by a generic one and the given one is logged instead.
+    pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+        let status = status_of(kind);
+        let mut message = message.into();
+        if status.is_server_error() {
+            tracing::error!(code, cause = %message, "request failed");
+            message = match kind {
+                ErrorKind::Unavailable => {
+                    "the vault cannot serve this request right now; retry later"
+                }
+                _ => "internal error",
+            }
+            .to_owned();
+        }
+        Self {
+            status,
+            code,
+            message,
+        }
+    }
+
+    /// An error with an explicit status (for protocol-level errors with no
+    /// domain kind: 405, 413, 415).
+    pub(crate) fn with_status(status: StatusCode, code: &'static str, message: &str) -> Self {
+        Self {
+            status,
+            code,
+            message: message.to_owned(),
+        }
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+/// Formats an error and its sources into one line for the log. Our error
+/// types never carry secrets, so the chain is safe to log.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl From<vault_token_manager::Error> for ApiError {
+    fn from(e: vault_token_manager::Error) -> Self {
+        Self::new(e.kind(), e.code(), chain(&e))
+    }
+}
+
+impl From<vault_access_resolver::Error> for ApiError {
+    fn from(e: vault_access_resolver::Error) -> Self {
+        use vault_access_resolver::Error as E;
+        let code = match &e {
+            E::Unauthenticated => "unauthenticated",
+            E::Forbidden { .. } => "forbidden",
+            E::Unavailable(_) => "access_resolver_unavailable",
+            E::InvalidConfig(_) => "internal",
+        };
+        Self::new(e.kind(), code, chain(&e))
+    }
+}
+
+impl From<vault_types::IdentifierError> for ApiError {
+    fn from(e: vault_types::IdentifierError) -> Self {
+        Self::new(ErrorKind::InvalidInput, "invalid_identifier", e.to_string())
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        res.json(Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+        })
+    }
+}

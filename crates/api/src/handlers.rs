@@ -1,0 +1,253 @@
+//! Route handlers.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use vault_access_resolver::{Action, Principal};
+use vault_token_manager::{AuditAction, AuditOutcome, RequestContext, StoreRequest};
+use vault_types::{ErrorKind, SecretAddress};
+
+use crate::dto::{DeleteBody, EnvQuery, SecretInfoBody, StoreBody, TokenBody, TokenQuery};
+use crate::request::{credentials, json_body, parse_json, request_id};
+use crate::{ApiError, ApiState};
+
+/// An authenticated caller.
+struct Caller {
+    ctx: RequestContext,
+    principal: Principal,
+}
+
+fn audit_action(action: Action) -> AuditAction {
+    match action {
+        Action::Store => AuditAction::Store,
+        Action::Read => AuditAction::Read,
+        Action::Delete => AuditAction::Delete,
+    }
+}
+
+/// Records a refused request in the usage log and returns its error. A
+/// failure to record is logged; the request is refused either way.
+async fn refuse(
+    state: &ApiState,
+    ctx: &RequestContext,
+    action: Action,
+    address: Option<&SecretAddress>,
+    err: ApiError,
+) -> ApiError {
+    let outcome = match err.code() {
+        "unauthenticated" | "forbidden" | "engine_mismatch" | "insufficient_scope" => {
+            AuditOutcome::Denied
+        }
+        _ => AuditOutcome::Failed,
+    };
+    if let Err(audit_err) = state
+        .inner
+        .tokens
+        .record_refusal(ctx, audit_action(action), address, outcome, err.code())
+        .await
+    {
+        tracing::error!(error = %audit_err, request_id = %ctx.request_id, "could not record a refused request");
+    }
+    err
+}
+
+/// Identifies the caller (401 when it cannot be).
+async fn authenticate(
+    state: &ApiState,
+    req: &HttpRequest,
+    action: Action,
+) -> Result<Caller, ApiError> {
+    let request_id = request_id(req);
+    let anonymous = RequestContext::new(request_id.clone(), None);
+    let Some(creds) = credentials(req) else {
+        let err = ApiError::new(
+            ErrorKind::Unauthenticated,
+            "unauthenticated",
+            "missing or invalid engine credentials",
+        );
+        return Err(refuse(state, &anonymous, action, None, err).await);
+    };
+    match state.inner.access.authenticate(&creds).await {
+        Ok(principal) => Ok(Caller {
+            ctx: RequestContext::new(request_id, Some(principal.engine_id.clone())),
+            principal,
+        }),
+        Err(e) => {
+            tracing::warn!(request_id = %request_id, claimed_engine = %creds.engine_id.escape_debug(), "authentication failed");
+            Err(refuse(state, &anonymous, action, None, e.into()).await)
+        }
+    }
+}
+
+/// Checks the caller's grant for `action` on `address` (403 when missing).
+async fn authorize(
+    state: &ApiState,
+    caller: &Caller,
+    action: Action,
+    address: &SecretAddress,
+) -> Result<(), ApiError> {
+    match state
+        .inner
+        .access
+        .authorize(&caller.principal, action, address)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(refuse(state, &caller.ctx, action, Some(address), e.into()).await),
+    }
+}
+
+fn invalid_query() -> ApiError {
+    ApiError::new(
+        ErrorKind::InvalidInput,
+        "invalid_query",
+        "the query string is invalid; see the API documentation for the parameters of this route",
+    )
+}
+
+/// Builds the address from path segments and an optional environment.
+fn path_address(
+    state: &ApiState,
+    req: &HttpRequest,
+    env: Option<&str>,
+) -> Result<SecretAddress, ApiError> {
+    let project = req.match_info().get("project").unwrap_or("");
+    let platform = req.match_info().get("platform").unwrap_or("");
+    let env = env.unwrap_or(&state.inner.default_environment);
+    Ok(SecretAddress::new(env, project, platform)?)
+}
+
+/// `POST /vault/store`.
+pub(crate) async fn store(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let action = Action::Store;
+    let caller = authenticate(&state, &req, action).await?;
+    let parsed = async {
+        let bytes = json_body(&req, payload).await?;
+        parse_json::<StoreBody>(&bytes)
+    }
+    .await;
+    let body = match parsed {
+        Ok(b) => b,
+        Err(e) => return Err(refuse(&state, &caller.ctx, action, None, e).await),
+    };
+    if body
+        .engine_id
+        .as_deref()
+        .is_some_and(|id| id != caller.principal.engine_id)
+    {
+        let err = ApiError::new(
+            ErrorKind::Forbidden,
+            "engine_mismatch",
+            "engine_id in the body differs from the authenticated engine",
+        );
+        return Err(refuse(&state, &caller.ctx, action, None, err).await);
+    }
+    let env = body
+        .environment
+        .as_deref()
+        .unwrap_or(&state.inner.default_environment);
+    let address = match SecretAddress::new(env, &body.project_id, &body.platform) {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(&state, &caller.ctx, action, None, e.into()).await),
+    };
+    authorize(&state, &caller, action, &address).await?;
+    let mut request = StoreRequest::new(address.clone(), body.token_data);
+    request.metadata = body.metadata;
+    match state.inner.tokens.store(&caller.ctx, request).await {
+        Ok(info) => Ok(HttpResponse::Created().json(SecretInfoBody::from(info))),
+        Err(e) => {
+            // Validation errors never reached the store: record them here.
+            // Everything else was recorded by the token manager or failed
+            // with the store itself.
+            if e.kind() == ErrorKind::InvalidInput {
+                Err(refuse(&state, &caller.ctx, action, Some(&address), e.into()).await)
+            } else {
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// `GET /vault/token/{project}/{platform}`.
+pub(crate) async fn fetch(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let action = Action::Read;
+    let caller = authenticate(&state, &req, action).await?;
+    let query = match web::Query::<TokenQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(_) => return Err(refuse(&state, &caller.ctx, action, None, invalid_query()).await),
+    };
+    let address = match path_address(&state, &req, query.env.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(&state, &caller.ctx, action, None, e).await),
+    };
+    authorize(&state, &caller, action, &address).await?;
+    let required: Vec<String> = query
+        .scopes
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let token = state
+        .inner
+        .tokens
+        .fetch(&caller.ctx, &address, &required)
+        .await?;
+    Ok(HttpResponse::Ok().json(TokenBody::new(token, &address)))
+}
+
+/// `DELETE /vault/delete/{project}/{platform}`.
+pub(crate) async fn delete(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let action = Action::Delete;
+    let caller = authenticate(&state, &req, action).await?;
+    let query = match web::Query::<EnvQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(_) => return Err(refuse(&state, &caller.ctx, action, None, invalid_query()).await),
+    };
+    let address = match path_address(&state, &req, query.env.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(&state, &caller.ctx, action, None, e).await),
+    };
+    authorize(&state, &caller, action, &address).await?;
+    let outcome = state.inner.tokens.delete(&caller.ctx, &address).await?;
+    Ok(HttpResponse::Ok().json(DeleteBody::from(outcome)))
+}
+
+/// `GET /healthz`: no auth; 503 when storage cannot answer.
+pub(crate) async fn health(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    match state.inner.tokens.secret_store().health().await {
+        Ok(()) => Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))),
+        Err(e) => Err(ApiError::new(
+            e.kind(),
+            "storage_unavailable",
+            format!("health check failed: {e}"),
+        )),
+    }
+}
+
+/// Any method a route does not support.
+pub(crate) async fn method_not_allowed() -> HttpResponse {
+    ApiError::with_status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not support that method",
+    )
+    .error_response()
+}
+
+/// Any path that is not a route.
+pub(crate) async fn route_not_found() -> HttpResponse {
+    ApiError::with_status(StatusCode::NOT_FOUND, "route_not_found", "no such route")
+        .error_response()
+}

@@ -1,0 +1,122 @@
+//! The vault's HTTP interface, on actix-web.
+//!
+//! Routes (all under `/vault` require `X-Engine-Id` and
+//! `Authorization: Bearer …`):
+//!
+//! | route | method | what |
+//! |---|---|---|
+//! | `/vault/store` | POST | store (create or replace) a token; answers metadata only |
+//! | `/vault/token/{project}/{platform}` | GET | a valid access token (`?env=`, `?scopes=a,b`) |
+//! | `/vault/delete/{project}/{platform}` | DELETE | delete the secret (`?env=`) |
+//! | `/healthz` | GET | liveness and storage health, no auth |
+//!
+//! Every error is `{"error": {"code": "...", "message": "..."}}` with a
+//! stable code; the status comes from the error's kind, mapped in one place
+//! ([`ApiError`]). This crate wires nothing itself: it is handed a
+//! [`TokenManager`](vault_token_manager::TokenManager) and an
+//! [`AccessResolver`](vault_access_resolver::AccessResolver) as trait
+//! objects.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # async fn run(tokens: vault_token_manager::TokenManager,
+//! #              access: Arc<dyn vault_access_resolver::AccessResolver>) -> std::io::Result<()> {
+//! let state = vault_api::ApiState::new(tokens, access, "prod".into());
+//! let listener = std::net::TcpListener::bind("127.0.0.1:8200")?;
+//! vault_api::server(state, listener, 2)?.await
+//! # }
+//! ```
+
+mod dto;
+mod error;
+mod handlers;
+mod request;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, middleware, web};
+use vault_access_resolver::AccessResolver;
+use vault_token_manager::TokenManager;
+
+pub use error::ApiError;
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Everything the handlers need, shared by all workers.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    inner: Arc<StateInner>,
+}
+
+#[derive(Debug)]
+struct StateInner {
+    tokens: TokenManager,
+    access: Arc<dyn AccessResolver>,
+    default_environment: String,
+}
+
+impl ApiState {
+    /// State over a token manager and an access resolver; requests that name
+    /// no environment use `default_environment`.
+    pub fn new(
+        tokens: TokenManager,
+        access: Arc<dyn AccessResolver>,
+        default_environment: String,
+    ) -> Self {
+        Self {
+            inner: Arc::new(StateInner {
+                tokens,
+                access,
+                default_environment,
+            }),
+        }
+    }
+}
+
+/// Registers the vault's routes on an actix `App` (for embedding in a
+/// larger server, or for tests).
+pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state))
+            .service(
+                web::resource("/healthz")
+                    .route(web::get().to(handlers::health))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .service(
+                web::resource("/vault/store")
+                    .route(web::post().to(handlers::store))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .service(
+                web::resource("/vault/token/{project}/{platform}")
+                    .route(web::get().to(handlers::fetch))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .service(
+                web::resource("/vault/delete/{project}/{platform}")
+                    .route(web::delete().to(handlers::delete))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .default_service(web::to(handlers::route_not_found));
+    }
+}
+
+/// Binds the vault's HTTP server to `listener` with `workers` worker
+/// threads. The returned server handles SIGINT/SIGTERM with a graceful
+/// shutdown (in-flight requests finish, up to 30 s).
+pub fn server(state: ApiState, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(middleware::from_fn(request::request_id_and_logging))
+            .configure(configure(state.clone()))
+    })
+    .workers(workers.max(1))
+    .shutdown_timeout(30)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

@@ -14,7 +14,7 @@ use vault_api::ApiState;
 use vault_encryption_layer::{Envelope, KeyProvider, LocalKeyProvider};
 use vault_secret_store::{SecretStore, SqliteStore};
 use vault_token_manager::TokenManager;
-use vault_types::SystemClock;
+use vault_types::{Clock, SystemClock};
 
 use crate::config::{Config, KeyProviderKind, StorageBackend};
 
@@ -213,11 +213,20 @@ impl Application {
     /// Opens storage, loads keys, builds the resolver and binds the HTTP
     /// server. Must run inside an actix system (`actix_web::rt::System`).
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Application::build`] with an injected clock (tests move time with
+    /// [`vault_types::ManualClock`]).
+    pub async fn build_with_clock(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
         let store = open_store(config).await?;
         let in_use = store.key_ids_in_use().await?;
         let keys = load_keys(config, &in_use)?;
         let access = resolver(config)?;
-        let tokens = TokenManager::new(store, Envelope::new(keys), Arc::new(SystemClock));
+        let tokens = TokenManager::new(store, Envelope::new(keys), clock);
         let state = ApiState::new(tokens, access, config.vault.default_environment.clone());
 
         let listener = TcpListener::bind(&config.server.bind)

@@ -1,0 +1,261 @@
+use reqwest::Method;
+use serde_json::json;
+use vault_secret_store::{AuditAction, AuditOutcome};
+
+use crate::helpers::*;
+
+/// Every way of failing authentication gets the same 401 and body.
+#[actix_web::test]
+async fn bad_credentials_are_401_without_detail() {
+    let app = spawn_app().await;
+    app.store(&slack_body()).await;
+    let url = app.url("/vault/token/pf_203/slack");
+    let (id, token) = EXECUTION;
+    let requests = vec![
+        app.client.get(&url),
+        app.client.get(&url).header("X-Engine-Id", id),
+        app.client.get(&url).bearer_auth(token),
+        app.client
+            .get(&url)
+            .header("X-Engine-Id", id)
+            .bearer_auth("wrong"),
+        app.client
+            .get(&url)
+            .header("X-Engine-Id", "nobody")
+            .bearer_auth(token),
+        app.client
+            .get(&url)
+            .header("X-Engine-Id", INTEGRATION.0)
+            .bearer_auth(token),
+        app.client
+            .get(&url)
+            .header("X-Engine-Id", id)
+            .basic_auth(id, Some(token)),
+        app.client
+            .get(&url)
+            .header("X-Engine-Id", id)
+            .header("Authorization", token),
+        app.client
+            .get(&url)
+            .header("X-Engine-Id", id)
+            .header("Authorization", "Bearer "),
+    ];
+    let mut messages = Vec::new();
+    for req in requests {
+        let res = req.send().await.unwrap();
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        messages.push(assert_error(res, 401, "unauthenticated").await);
+    }
+    messages.dedup();
+    assert_eq!(messages, ["missing or invalid engine credentials"]);
+
+    // The bearer scheme is case-insensitive.
+    let res = app
+        .client
+        .get(&url)
+        .header("X-Engine-Id", id)
+        .header("Authorization", format!("bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+}
+
+#[actix_web::test]
+async fn every_route_requires_credentials() {
+    let app = spawn_app().await;
+    for (method, path) in [
+        (Method::POST, "/vault/store"),
+        (Method::GET, "/vault/token/pf_203/slack"),
+        (Method::DELETE, "/vault/delete/pf_203/slack"),
+    ] {
+        let res = app
+            .client
+            .request(method.clone(), app.url(path))
+            .json(&slack_body())
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 401, "unauthenticated").await;
+    }
+}
+
+#[actix_web::test]
+async fn unauthenticated_callers_learn_nothing_about_the_body() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .post(app.url("/vault/store"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 401, "unauthenticated").await;
+}
+
+#[actix_web::test]
+async fn body_engine_id_must_match_the_caller() {
+    let app = spawn_app().await;
+    let mut body = slack_body();
+    body["engine_id"] = json!("execution");
+    assert_error(app.store(&body).await, 403, "engine_mismatch").await;
+    assert_error(app.get("/vault/token/pf_203/slack").await, 404, "not_found").await;
+}
+
+#[actix_web::test]
+async fn grants_are_enforced() {
+    let app = spawn_app().await;
+    app.store(&slack_body()).await;
+    let mut dev = slack_body();
+    dev["environment"] = json!("dev");
+    app.store(&dev).await;
+
+    // Execution may read prod only.
+    let res = app
+        .as_engine(Method::POST, "/vault/store", EXECUTION)
+        .json(&{
+            let mut b = slack_body();
+            b["engine_id"] = json!("execution");
+            b
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 403, "forbidden").await;
+    let res = app
+        .as_engine(Method::GET, "/vault/token/pf_203/slack?env=dev", EXECUTION)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 403, "forbidden").await;
+    let res = app
+        .as_engine(Method::DELETE, "/vault/delete/pf_203/slack", EXECUTION)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 403, "forbidden").await;
+    // Integration may store but not read; cleanup may delete but not read.
+    for engine in [INTEGRATION, CLEANUP] {
+        let res = app
+            .as_engine(Method::GET, "/vault/token/pf_203/slack", engine)
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 403, "forbidden").await;
+    }
+    // The secret is still there.
+    assert_eq!(
+        app.get("/vault/token/pf_203/slack").await.status().as_u16(),
+        200
+    );
+}
+
+#[actix_web::test]
+async fn grants_are_checked_before_existence_is_revealed() {
+    let app = spawn_app().await;
+    // A forbidden caller gets 403 whether or not the secret exists.
+    let res = app
+        .as_engine(
+            Method::GET,
+            "/vault/token/pf_203/nothing?env=dev",
+            EXECUTION,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 403, "forbidden").await;
+}
+
+#[actix_web::test]
+async fn every_request_is_in_the_usage_log_without_tokens() {
+    let app = spawn_app().await;
+    app.store(&slack_body()).await;
+    app.get("/vault/token/pf_203/slack").await;
+    app.get("/vault/token/pf_203/slack?scopes=admin").await;
+    app.get("/vault/token/pf_203/nothing").await;
+    app.client
+        .get(app.url("/vault/token/pf_203/slack"))
+        .header("X-Engine-Id", "execution")
+        .bearer_auth("xoxb-abc-0001")
+        .send()
+        .await
+        .unwrap();
+    app.as_engine(Method::GET, "/vault/token/pf_203/slack", INTEGRATION)
+        .send()
+        .await
+        .unwrap();
+    app.delete("/vault/delete/pf_203/slack").await;
+
+    let log = app.audit(20).await;
+    let got: Vec<_> = log
+        .iter()
+        .rev()
+        .map(|r| {
+            (
+                r.engine_id.as_deref(),
+                r.action,
+                r.outcome,
+                r.detail.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                Some("integration"),
+                AuditAction::Store,
+                AuditOutcome::Success,
+                None
+            ),
+            (
+                Some("execution"),
+                AuditAction::Read,
+                AuditOutcome::Success,
+                None
+            ),
+            (
+                Some("execution"),
+                AuditAction::Read,
+                AuditOutcome::Denied,
+                Some("insufficient_scope")
+            ),
+            (
+                Some("execution"),
+                AuditAction::Read,
+                AuditOutcome::NotFound,
+                Some("not_found")
+            ),
+            (
+                None,
+                AuditAction::Read,
+                AuditOutcome::Denied,
+                Some("unauthenticated")
+            ),
+            (
+                Some("integration"),
+                AuditAction::Read,
+                AuditOutcome::Denied,
+                Some("forbidden")
+            ),
+            (
+                Some("cleanup"),
+                AuditAction::Delete,
+                AuditOutcome::Success,
+                None
+            ),
+        ]
+    );
+    // Request ids are unique and every record is about the right secret.
+    let mut ids: Vec<_> = log.iter().map(|r| r.request_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), log.len());
+    for r in &log {
+        let text = format!("{r:?}");
+        assert!(!text.contains("xoxb-abc-0001") && !text.contains("rt-xyz-0001"));
+        assert_eq!(r.at, time::macros::datetime!(2026-03-01 12:00 UTC));
+    }
+    assert_eq!(log[1].platform.as_deref(), Some("slack"));
+}

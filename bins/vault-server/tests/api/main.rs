@@ -1,0 +1,16 @@
+//! End-to-end tests of the HTTP API: a real server on a loopback port, a
+//! real SQLite file, real HTTP.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod auth;
+mod delete;
+mod errors;
+mod fetch;
+mod helpers;
+mod store;

@@ -1,0 +1,406 @@
+//! Tests of the `vault-server` binary as a process: the embedded default,
+//! configuration from the environment, durability across `kill -9`,
+//! graceful shutdown, start-up refusals, and what ends up on disk and in
+//! the logs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vault-server");
+
+struct Server {
+    child: Child,
+    base: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts the binary in `dir` with JSON logs on a free port and waits
+/// (bounded) until it listens. `envs` are extra environment variables.
+fn start(dir: &Path, envs: &[(&str, &str)]) -> Result<Server, String> {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_remove("VAULT_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("VAULT__SERVER__BIND", "127.0.0.1:0")
+        .env("VAULT__LOG__FORMAT", "json")
+        .env("VAULT__SERVER__WORKERS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    {
+        let logs = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "vault listening"
+                {
+                    let _ = tx.send(v["address"].as_str().unwrap_or("").to_owned());
+                }
+                logs.lock().unwrap().push(line);
+            }
+        });
+    }
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(addr) => Ok(Server {
+            child,
+            base: format!("http://{addr}"),
+            logs,
+        }),
+        Err(_) => {
+            let status = child.wait().ok();
+            std::thread::sleep(Duration::from_millis(100));
+            Err(format!(
+                "server did not start (exit {status:?}): {}",
+                logs.lock().unwrap().join("\n")
+            ))
+        }
+    }
+}
+
+impl Server {
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        for _ in 0..600 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("server did not exit")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
+
+fn dev_token(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("vault-data/dev-engine.token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn store(s: &Server, token: &str, body: &Value) -> reqwest::blocking::Response {
+    client()
+        .post(format!("{}/vault/store", s.base))
+        .header("X-Engine-Id", "dev")
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .unwrap()
+}
+
+fn get(s: &Server, token: &str, path: &str) -> reqwest::blocking::Response {
+    client()
+        .get(format!("{}{path}", s.base))
+        .header("X-Engine-Id", "dev")
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+}
+
+fn slack(access: &str, refresh: &str) -> Value {
+    json!({
+        "engine_id": "dev",
+        "project_id": "pf_203",
+        "platform": "Slack",
+        "token_data": {
+            "access_token": access,
+            "refresh_token": refresh,
+            "expires_in": 3600,
+            "scopes": ["chat:write", "users:read"]
+        }
+    })
+}
+
+#[test]
+fn embedded_default_runs_the_spec_example_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[]).unwrap();
+    let data = dir.path().join("vault-data");
+    for (name, mode) in [
+        ("", 0o700),
+        ("master.key", 0o600),
+        ("dev-engine.token", 0o600),
+        ("vault.db", 0o600),
+    ] {
+        let m = std::fs::metadata(data.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(m, mode, "mode of vault-data/{name}");
+    }
+    let logs = s.logs();
+    assert!(logs.contains("DEVELOPMENT SETUP"), "dev warning: {logs}");
+    let token = dev_token(dir.path());
+    assert!(!logs.contains(&token), "the dev token is not logged");
+
+    let res = store(&s, &token, &slack("xoxb-abc", "rt-xyz"));
+    assert_eq!(res.status().as_u16(), 201);
+    let res = get(&s, &token, "/vault/token/pf_203/slack");
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().unwrap();
+    assert_eq!(body["access_token"], "xoxb-abc");
+    let res = client()
+        .delete(format!("{}/vault/delete/pf_203/slack", s.base))
+        .header("X-Engine-Id", "dev")
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let res = client().get(format!("{}/healthz", s.base)).send().unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully_and_restart_keeps_data_and_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[]).unwrap();
+    let token = dev_token(dir.path());
+    assert_eq!(
+        store(&s, &token, &slack("xoxb-1", "rt-1"))
+            .status()
+            .as_u16(),
+        201
+    );
+    s.signal("-TERM");
+    assert!(s.wait().success(), "graceful exit: {}", s.logs());
+    let s = start(dir.path(), &[]).unwrap();
+    assert_eq!(dev_token(dir.path()), token, "dev token is kept");
+    let body: Value = get(&s, &token, "/vault/token/pf_203/slack").json().unwrap();
+    assert_eq!(body["access_token"], "xoxb-1");
+}
+
+#[test]
+fn acknowledged_stores_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[]).unwrap();
+    let token = dev_token(dir.path());
+    for i in 0..20 {
+        let mut body = slack(&format!("xoxb-{i}"), &format!("rt-{i}"));
+        body["platform"] = json!(format!("p{i}"));
+        assert_eq!(store(&s, &token, &body).status().as_u16(), 201);
+    }
+    s.signal("-KILL");
+    s.wait();
+    let s = start(dir.path(), &[]).unwrap();
+    for i in 0..20 {
+        let res = get(&s, &token, &format!("/vault/token/pf_203/p{i}"));
+        assert_eq!(res.status().as_u16(), 200, "store {i} survived");
+        let body: Value = res.json().unwrap();
+        assert_eq!(body["access_token"], format!("xoxb-{i}"));
+    }
+    let conn = rusqlite::Connection::open(dir.path().join("vault-data/vault.db")).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
+#[test]
+fn no_plaintext_token_on_disk_or_in_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[("RUST_LOG", "trace")]).unwrap();
+    let token = dev_token(dir.path());
+    let access = "xoxb-DISK-MARKER-7d3a91";
+    let refresh = "rt-DISK-MARKER-52be04";
+    assert_eq!(
+        store(&s, &token, &slack(access, refresh)).status().as_u16(),
+        201
+    );
+    let body: Value = get(&s, &token, "/vault/token/pf_203/slack").json().unwrap();
+    assert_eq!(body["access_token"], access);
+    // An error path with the token in a wrong place.
+    let mut bad = slack(access, refresh);
+    bad["token_data"]["expires_in"] = json!(access);
+    assert_eq!(store(&s, &token, &bad).status().as_u16(), 400);
+    // A wrong engine token that looks like a secret.
+    let res = client()
+        .get(format!("{}/vault/token/pf_203/slack", s.base))
+        .header("X-Engine-Id", "dev")
+        .bearer_auth("wrong-ENGINE-MARKER-11")
+        .send()
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+
+    let data = dir.path().join("vault-data");
+    for name in ["vault.db", "vault.db-wal", "vault.db-shm"] {
+        let Ok(bytes) = std::fs::read(data.join(name)) else {
+            continue;
+        };
+        for needle in ["DISK-MARKER", "ENGINE-MARKER"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} found in {name}"
+            );
+        }
+    }
+    // Give the log reader a moment to drain what was already written.
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = s.logs();
+    assert!(logs.contains("\"audit\""), "audit events are logged");
+    for needle in ["DISK-MARKER", "ENGINE-MARKER", token.as_str()] {
+        assert!(!logs.contains(needle), "{needle} found in the logs");
+    }
+}
+
+#[test]
+fn environment_variables_override_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vault.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"./elsewhere\"\n[server]\nbind = \"127.0.0.1:1\"\n[vault]\ndefault_environment = \"staging\"\n",
+    )
+    .unwrap();
+    let s = start(
+        dir.path(),
+        &[
+            ("VAULT_CONFIG", config.to_str().unwrap()),
+            ("VAULT__VAULT__DEFAULT_ENVIRONMENT", "qa"),
+        ],
+    )
+    .unwrap();
+    // The bind from the environment (port 0) won over the file's port 1,
+    // the data directory came from the file, the environment's default env won.
+    let token = std::fs::read_to_string(dir.path().join("elsewhere/dev-engine.token")).unwrap();
+    let info: Value = store(&s, token.trim(), &slack("a", "b")).json().unwrap();
+    assert_eq!(info["environment"], "qa");
+}
+
+#[test]
+fn bad_configuration_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vault.toml");
+    std::fs::write(&config, "[server]\nbnid = \"typo\"\n").unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bnid"), "{stderr}");
+    assert!(!dir.path().join("vault-data").exists(), "nothing created");
+}
+
+#[test]
+fn start_is_refused_without_the_key_that_sealed_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[]).unwrap();
+    let token = dev_token(dir.path());
+    assert_eq!(store(&s, &token, &slack("x", "y")).status().as_u16(), 201);
+    s.signal("-TERM");
+    s.wait();
+    let key = dir.path().join("vault-data/master.key");
+    let original = std::fs::read(&key).unwrap();
+
+    // Key file gone: refuse rather than create a new key.
+    std::fs::remove_file(&key).unwrap();
+    let err = start(dir.path(), &[]).err().expect("must refuse");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!key.exists(), "no new key was created over existing data");
+
+    // A different key: refuse, naming the key id needed.
+    std::fs::write(&key, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = start(dir.path(), &[]).err().expect("must refuse");
+    assert!(err.contains("sealed under master key local-"), "{err}");
+
+    // An empty key: a clear message, not a crash.
+    std::fs::write(&key, "").unwrap();
+    let err = start(dir.path(), &[]).err().expect("must refuse");
+    assert!(err.contains("empty"), "{err}");
+
+    // The right key again: served.
+    std::fs::write(&key, original).unwrap();
+    let s = start(dir.path(), &[]).unwrap();
+    assert_eq!(
+        get(&s, &token, "/vault/token/pf_203/slack")
+            .status()
+            .as_u16(),
+        200
+    );
+}
+
+#[test]
+fn master_key_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
+    let envs = [("VAULT__KEYS__PROVIDER", "env"), ("VAULT_MASTER_KEY", key)];
+    let mut s = start(dir.path(), &envs).unwrap();
+    assert!(!dir.path().join("vault-data/master.key").exists());
+    let token = dev_token(dir.path());
+    assert_eq!(store(&s, &token, &slack("x", "y")).status().as_u16(), 201);
+    assert!(!s.logs().contains(key), "the key is not logged");
+    s.signal("-TERM");
+    s.wait();
+    let s = start(dir.path(), &envs).unwrap();
+    assert_eq!(
+        get(&s, &token, "/vault/token/pf_203/slack")
+            .status()
+            .as_u16(),
+        200
+    );
+    drop(s);
+    let err = start(dir.path(), &[("VAULT__KEYS__PROVIDER", "env")])
+        .err()
+        .expect("no key in the environment");
+    assert!(err.contains("VAULT_MASTER_KEY"), "{err}");
+}
+
+#[test]
+fn hash_token_prints_the_config_value() {
+    let mut child = Command::new(BIN)
+        .arg("hash-token")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        vault_access_resolver::token_sha256_hex("s3cret")
+    );
+}

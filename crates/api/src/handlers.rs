@@ -72,7 +72,9 @@ async fn authenticate(
             principal,
         }),
         Err(e) => {
-            tracing::warn!(request_id = %request_id, claimed_engine = %creds.engine_id.escape_debug(), "authentication failed");
+            // The claimed engine id is not logged: a caller that swapped its
+            // headers would put its token there.
+            tracing::warn!(request_id = %request_id, "authentication failed");
             Err(refuse(state, &anonymous, action, None, e.into()).await)
         }
     }
@@ -154,21 +156,10 @@ pub(crate) async fn store(
         Err(e) => return Err(refuse(&state, &caller.ctx, action, None, e.into()).await),
     };
     authorize(&state, &caller, action, &address).await?;
-    let mut request = StoreRequest::new(address.clone(), body.token_data);
+    let mut request = StoreRequest::new(address, body.token_data);
     request.metadata = body.metadata;
-    match state.inner.tokens.store(&caller.ctx, request).await {
-        Ok(info) => Ok(HttpResponse::Created().json(SecretInfoBody::from(info))),
-        Err(e) => {
-            // Validation errors never reached the store: record them here.
-            // Everything else was recorded by the token manager or failed
-            // with the store itself.
-            if e.kind() == ErrorKind::InvalidInput {
-                Err(refuse(&state, &caller.ctx, action, Some(&address), e.into()).await)
-            } else {
-                Err(e.into())
-            }
-        }
-    }
+    let info = state.inner.tokens.store(&caller.ctx, request).await?;
+    Ok(HttpResponse::Created().json(SecretInfoBody::from(info)))
 }
 
 /// `GET /vault/token/{project}/{platform}`.

@@ -178,10 +178,19 @@ impl TokenManager {
     }
 
     /// Seals and stores a token, replacing any previous version at the
-    /// address. Returns the stored secret's metadata.
+    /// address. Returns the stored secret's metadata. The change and its
+    /// usage record commit together; an invalid request is recorded as
+    /// failed and changes nothing.
     pub async fn store(&self, ctx: &RequestContext, request: StoreRequest) -> Result<SecretInfo> {
-        let (scopes, token_type) = request.validate()?;
         let address = request.address.clone();
+        let (scopes, token_type) = match request.validate() {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(self
+                    .record_failure(ctx, AuditAction::Store, &address, e)
+                    .await);
+            }
+        };
         for _ in 0..STORE_ATTEMPTS {
             // Millisecond precision: what the store keeps, so the answer
             // matches later reads.
@@ -272,8 +281,11 @@ impl TokenManager {
         address: &SecretAddress,
         required_scopes: &[String],
     ) -> Result<IssuedToken> {
-        let required = normalise_scopes(required_scopes, "required scopes")?;
-        match self.fetch_inner(address, &required).await {
+        let result = match normalise_scopes(required_scopes, "required scopes") {
+            Ok(required) => self.fetch_inner(address, &required).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(token) => {
                 let record = audit_record(
                     self.clock.now(),

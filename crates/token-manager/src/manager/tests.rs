@@ -278,6 +278,13 @@ async fn invalid_input_is_rejected_and_nothing_is_stored() {
         ErrorKind::InvalidInput
     );
     assert!(f.tokens.info(&slack()).await.is_err(), "nothing was stored");
+    let log = f.tokens.secret_store().recent_audit(20).await.unwrap();
+    assert_eq!(log.len(), 9, "every rejected store is recorded");
+    for r in &log {
+        assert_eq!(r.action, AuditAction::Store);
+        assert_eq!(r.outcome, AuditOutcome::Failed);
+        assert_eq!(r.detail.as_deref(), Some("invalid_request"));
+    }
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@
 //! grant, whose token is written to `./vault-data/dev-engine.token`.
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), vault_server::startup::StartupError> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = vault_server::config::Config::load(None)?;
 //! let app = vault_server::startup::Application::build(&config).await?;
 //! println!("listening on {}", app.local_addr());

@@ -13,9 +13,7 @@
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a
 //! stable code; the status comes from the error's kind, mapped in one place
 //! ([`ApiError`]). This crate wires nothing itself: it is handed a
-//! [`TokenManager`](vault_token_manager::TokenManager) and an
-//! [`AccessResolver`](vault_access_resolver::AccessResolver) as trait
-//! objects.
+//! [`TokenManager`] and an [`AccessResolver`] as trait objects.
 //!
 //! ```no_run
 //! # use std::sync::Arc;

@@ -32,8 +32,10 @@ mod envelope;
 mod error;
 mod local;
 mod provider;
+mod util;
 
 pub use envelope::{Envelope, FORMAT_VERSION, sealed_key_id};
 pub use error::{Error, Result};
 pub use local::LocalKeyProvider;
 pub use provider::{DATA_KEY_LEN, DataKey, KeyProvider, WrappedKey};
+pub use util::{hmac_sha256, random_u64};

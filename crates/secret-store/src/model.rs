@@ -60,6 +60,42 @@ pub struct SecretMeta {
     pub token_type: String,
     /// Free-form non-secret facts (e.g. a Slack team id), a JSON object.
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Refresh bookkeeping.
+    pub refresh: RefreshState,
+}
+
+/// Refresh bookkeeping of a stored secret (no secret in it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefreshState {
+    /// When the background refresher should refresh it; `None`: never
+    /// (no expiry, no refresh token, or no provider that can refresh).
+    pub refresh_due: Option<OffsetDateTime>,
+    /// When it was last refreshed successfully.
+    pub last_refresh_at: Option<OffsetDateTime>,
+    /// Kind of the last refresh failure (e.g. `timeout`, `invalid_grant`).
+    pub last_error: Option<String>,
+    /// Refresh failures since the last success.
+    pub failure_count: u32,
+    /// No refresh is attempted before this time (backoff after failures).
+    pub next_attempt_at: Option<OffsetDateTime>,
+}
+
+/// A notification to deliver (to the Integration Manager's webhook).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNotification {
+    /// The JSON body to send; never holds a token.
+    pub payload: String,
+}
+
+/// A notification waiting for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingNotification {
+    /// Stable id, also in the payload, so the receiver can deduplicate.
+    pub id: i64,
+    /// The JSON body.
+    pub payload: String,
+    /// Delivery attempts so far.
+    pub attempts: u32,
 }
 
 /// A new version of a secret, sealed.
@@ -107,6 +143,12 @@ pub enum AuditAction {
     Read,
     /// `DELETE /vault/delete`.
     Delete,
+    /// A refresh at the provider (on demand, forced or in the background).
+    Refresh,
+    /// A revocation at the provider.
+    Revoke,
+    /// `GET /vault/status`: metadata only.
+    Status,
 }
 
 impl AuditAction {
@@ -116,6 +158,9 @@ impl AuditAction {
             Self::Store => "store",
             Self::Read => "read",
             Self::Delete => "delete",
+            Self::Refresh => "refresh",
+            Self::Revoke => "revoke",
+            Self::Status => "status",
         }
     }
 
@@ -125,6 +170,9 @@ impl AuditAction {
             "store" => Self::Store,
             "read" => Self::Read,
             "delete" => Self::Delete,
+            "refresh" => Self::Refresh,
+            "revoke" => Self::Revoke,
+            "status" => Self::Status,
             _ => return None,
         })
     }

@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 use vault_types::SecretAddress;
 
 use crate::{
-    AuditAction, AuditOutcome, AuditRecord, Error, Result, SecretMeta, SecretStatus, SecretStore,
-    SecretWrite, StoredSecret,
+    AuditAction, AuditOutcome, AuditRecord, Error, NewNotification, PendingNotification,
+    RefreshState, Result, SecretMeta, SecretStatus, SecretStore, SecretWrite, StoredSecret,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -51,6 +51,23 @@ const MIGRATIONS: &[&str] = &[
         outcome     TEXT    NOT NULL,
         detail      TEXT
     ) STRICT;",
+    // 2: refresh bookkeeping and the notification outbox.
+    "ALTER TABLE secrets ADD COLUMN refresh_due_ms INTEGER;
+    ALTER TABLE secrets ADD COLUMN last_refresh_at_ms INTEGER;
+    ALTER TABLE secrets ADD COLUMN last_error TEXT;
+    ALTER TABLE secrets ADD COLUMN failure_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE secrets ADD COLUMN next_attempt_at_ms INTEGER;
+    CREATE INDEX secrets_by_refresh_due ON secrets (refresh_due_ms)
+        WHERE refresh_due_ms IS NOT NULL;
+    CREATE INDEX secrets_by_project ON secrets (project);
+    CREATE TABLE notifications (
+        id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at_ms      INTEGER NOT NULL,
+        payload            TEXT    NOT NULL,
+        attempts           INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX notifications_by_next_attempt ON notifications (next_attempt_at_ms);",
 ];
 
 /// Tuning for [`SqliteStore`].
@@ -183,85 +200,65 @@ fn i64_of(v: u64) -> Result<i64> {
 }
 
 const SELECT_SECRET: &str = "SELECT version, sealed, key_id, status, valid_until_ms, scopes,
-        has_refresh_token, token_type, metadata, created_at_ms, updated_at_ms
+        has_refresh_token, token_type, metadata, created_at_ms, updated_at_ms,
+        refresh_due_ms, last_refresh_at_ms, last_error, failure_count, next_attempt_at_ms
      FROM secrets WHERE environment = ?1 AND project = ?2 AND platform = ?3";
 
-type SecretRow = (
-    i64,
-    Vec<u8>,
-    String,
-    String,
-    Option<i64>,
-    String,
-    bool,
-    String,
-    Option<String>,
-    i64,
-    i64,
-);
+fn opt_ms(v: Option<i64>) -> Result<Option<OffsetDateTime>> {
+    v.map(from_ms).transpose()
+}
 
-fn read_secret(conn: &Connection, address: &SecretAddress) -> Result<Option<StoredSecret>> {
-    let row: Option<SecretRow> = conn
-        .prepare_cached(SELECT_SECRET)?
-        .query_row(
-            params![address.environment(), address.project(), address.platform()],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                    r.get(10)?,
-                ))
-            },
-        )
-        .optional()?;
-    let Some((
-        version,
-        sealed,
-        key_id,
-        status,
-        valid_until,
-        scopes,
-        has_rt,
-        token_type,
-        metadata,
-        created,
-        updated,
-    )) = row
-    else {
-        return Ok(None);
-    };
+fn secret_from_row(address: &SecretAddress, r: &rusqlite::Row<'_>) -> Result<StoredSecret> {
+    let status: String = r.get(3)?;
     let status = SecretStatus::parse(&status)
         .ok_or_else(|| Error::Corrupt(format!("unknown status {status:?}")))?;
+    let scopes: String = r.get(5)?;
     let scopes: Vec<String> = serde_json::from_str(&scopes)
         .map_err(|_| Error::Corrupt("scopes column is not a JSON array".into()))?;
+    let metadata: Option<String> = r.get(8)?;
     let metadata = metadata
         .map(|m| serde_json::from_str(&m))
         .transpose()
         .map_err(|_| Error::Corrupt("metadata column is not a JSON object".into()))?;
-    Ok(Some(StoredSecret {
+    let failures: i64 = r.get(14)?;
+    Ok(StoredSecret {
         address: address.clone(),
-        version: u64_of(version, "version")?,
-        sealed,
-        key_id,
+        version: u64_of(r.get(0)?, "version")?,
+        sealed: r.get(1)?,
+        key_id: r.get(2)?,
         meta: SecretMeta {
             status,
-            valid_until: valid_until.map(from_ms).transpose()?,
+            valid_until: opt_ms(r.get(4)?)?,
             scopes,
-            has_refresh_token: has_rt,
-            token_type,
+            has_refresh_token: r.get(6)?,
+            token_type: r.get(7)?,
             metadata,
+            refresh: RefreshState {
+                refresh_due: opt_ms(r.get(11)?)?,
+                last_refresh_at: opt_ms(r.get(12)?)?,
+                last_error: r.get(13)?,
+                failure_count: u32::try_from(failures).map_err(|_| {
+                    Error::Corrupt(format!("failure count {failures} out of range"))
+                })?,
+                next_attempt_at: opt_ms(r.get(15)?)?,
+            },
         },
-        created_at: from_ms(created)?,
-        updated_at: from_ms(updated)?,
-    }))
+        created_at: from_ms(r.get(9)?)?,
+        updated_at: from_ms(r.get(10)?)?,
+    })
+}
+
+fn read_secret(conn: &Connection, address: &SecretAddress) -> Result<Option<StoredSecret>> {
+    let mut stmt = conn.prepare_cached(SELECT_SECRET)?;
+    let mut rows = stmt.query(params![
+        address.environment(),
+        address.project(),
+        address.platform()
+    ])?;
+    match rows.next()? {
+        Some(row) => secret_from_row(address, row).map(Some),
+        None => Ok(None),
+    }
 }
 
 fn insert_audit(tx: &Connection, r: &AuditRecord) -> Result<()> {
@@ -297,11 +294,21 @@ fn current_version(tx: &Transaction<'_>, address: &SecretAddress) -> Result<Opti
     v.map(|v| u64_of(v, "version")).transpose()
 }
 
+fn insert_notification(tx: &Connection, at: OffsetDateTime, n: &NewNotification) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO notifications (created_at_ms, payload, attempts, next_attempt_at_ms)
+         VALUES (?1, ?2, 0, ?1)",
+    )?
+    .execute(params![ms(at), n.payload])?;
+    Ok(())
+}
+
 fn put_tx(
     conn: &mut Connection,
     w: &SecretWrite,
     expected: Option<u64>,
     audit: &AuditRecord,
+    notification: Option<&NewNotification>,
 ) -> Result<()> {
     if w.version != expected.unwrap_or(0) + 1 {
         return Err(Error::Invalid(
@@ -323,17 +330,23 @@ fn put_tx(
         return Err(Error::Conflict { expected, found });
     }
     let a = &w.address;
+    let r = &w.meta.refresh;
     tx.prepare_cached(
         "INSERT INTO secrets (environment, project, platform, version, sealed, key_id, status,
              valid_until_ms, scopes, has_refresh_token, token_type, metadata, created_at_ms,
-             updated_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
+             updated_at_ms, refresh_due_ms, last_refresh_at_ms, last_error, failure_count,
+             next_attempt_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17,
+             ?18)
          ON CONFLICT (environment, project, platform) DO UPDATE SET
              version = excluded.version, sealed = excluded.sealed, key_id = excluded.key_id,
              status = excluded.status, valid_until_ms = excluded.valid_until_ms,
              scopes = excluded.scopes, has_refresh_token = excluded.has_refresh_token,
              token_type = excluded.token_type, metadata = excluded.metadata,
-             updated_at_ms = excluded.updated_at_ms",
+             updated_at_ms = excluded.updated_at_ms, refresh_due_ms = excluded.refresh_due_ms,
+             last_refresh_at_ms = excluded.last_refresh_at_ms, last_error = excluded.last_error,
+             failure_count = excluded.failure_count,
+             next_attempt_at_ms = excluded.next_attempt_at_ms",
     )?
     .execute(params![
         a.environment(),
@@ -349,10 +362,122 @@ fn put_tx(
         w.meta.token_type,
         metadata,
         ms(w.at),
+        r.refresh_due.map(ms),
+        r.last_refresh_at.map(ms),
+        r.last_error,
+        r.failure_count,
+        r.next_attempt_at.map(ms),
     ])?;
     insert_audit(&tx, audit)?;
+    if let Some(n) = notification {
+        insert_notification(&tx, w.at, n)?;
+    }
     tx.commit()?;
     Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn update_state_tx(
+    conn: &mut Connection,
+    address: &SecretAddress,
+    expected: u64,
+    status: SecretStatus,
+    r: &RefreshState,
+    audit: &AuditRecord,
+    notification: Option<&NewNotification>,
+) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found = current_version(&tx, address)?;
+    if found != Some(expected) {
+        return Err(Error::Conflict {
+            expected: Some(expected),
+            found,
+        });
+    }
+    tx.prepare_cached(
+        "UPDATE secrets SET status = ?4, refresh_due_ms = ?5, last_refresh_at_ms = ?6,
+             last_error = ?7, failure_count = ?8, next_attempt_at_ms = ?9
+         WHERE environment = ?1 AND project = ?2 AND platform = ?3",
+    )?
+    .execute(params![
+        address.environment(),
+        address.project(),
+        address.platform(),
+        status.as_str(),
+        r.refresh_due.map(ms),
+        r.last_refresh_at.map(ms),
+        r.last_error,
+        r.failure_count,
+        r.next_attempt_at.map(ms),
+    ])?;
+    insert_audit(&tx, audit)?;
+    if let Some(n) = notification {
+        insert_notification(&tx, audit.at, n)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn addresses(rows: Vec<(String, String, String)>) -> Result<Vec<SecretAddress>> {
+    rows.into_iter()
+        .map(|(e, p, pl)| {
+            SecretAddress::new(&e, &p, &pl)
+                .map_err(|_| Error::Corrupt("stored address is not valid".into()))
+        })
+        .collect()
+}
+
+fn due_for_refresh(
+    conn: &Connection,
+    now: OffsetDateTime,
+    limit: u32,
+) -> Result<Vec<SecretAddress>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT environment, project, platform FROM secrets
+         WHERE refresh_due_ms <= ?1
+           AND status != 'reauth_required'
+           AND (next_attempt_at_ms IS NULL OR next_attempt_at_ms <= ?1)
+         ORDER BY refresh_due_ms
+         LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![ms(now), limit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    addresses(rows)
+}
+
+fn list_project(conn: &Connection, project: &str) -> Result<Vec<SecretAddress>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT environment, project, platform FROM secrets WHERE project = ?1
+         ORDER BY environment, platform",
+    )?;
+    let rows = stmt
+        .query_map(params![project], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    addresses(rows)
+}
+
+fn pending_notifications(
+    conn: &Connection,
+    now: OffsetDateTime,
+    limit: u32,
+) -> Result<Vec<PendingNotification>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, payload, attempts FROM notifications WHERE next_attempt_at_ms <= ?1
+         ORDER BY id LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![ms(now), limit], |r| {
+            Ok(PendingNotification {
+                id: r.get(0)?,
+                payload: r.get(1)?,
+                attempts: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
 }
 
 fn delete_tx(
@@ -504,9 +629,74 @@ impl SecretStore for SqliteStore {
         write: SecretWrite,
         expected: Option<u64>,
         audit: AuditRecord,
+        notification: Option<NewNotification>,
     ) -> Result<()> {
-        self.with_writer(move |c| put_tx(c, &write, expected, &audit))
+        self.with_writer(move |c| put_tx(c, &write, expected, &audit, notification.as_ref()))
             .await
+    }
+
+    async fn update_state(
+        &self,
+        address: &SecretAddress,
+        expected: u64,
+        status: SecretStatus,
+        refresh: RefreshState,
+        audit: AuditRecord,
+        notification: Option<NewNotification>,
+    ) -> Result<()> {
+        let address = address.clone();
+        self.with_writer(move |c| {
+            update_state_tx(
+                c,
+                &address,
+                expected,
+                status,
+                &refresh,
+                &audit,
+                notification.as_ref(),
+            )
+        })
+        .await
+    }
+
+    async fn due_for_refresh(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<SecretAddress>> {
+        self.with_reader(move |c| due_for_refresh(c, now, limit))
+            .await
+    }
+
+    async fn list_project(&self, project: &str) -> Result<Vec<SecretAddress>> {
+        let project = project.to_owned();
+        self.with_reader(move |c| list_project(c, &project)).await
+    }
+
+    async fn pending_notifications(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<PendingNotification>> {
+        self.with_reader(move |c| pending_notifications(c, now, limit))
+            .await
+    }
+
+    async fn notification_delivered(&self, id: i64) -> Result<()> {
+        self.with_writer(move |c| {
+            c.prepare_cached("DELETE FROM notifications WHERE id = ?1")?
+                .execute(params![id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn notification_failed(&self, id: i64, retry_at: OffsetDateTime) -> Result<()> {
+        self.with_writer(move |c| {
+            c.prepare_cached(
+                "UPDATE notifications SET attempts = attempts + 1, next_attempt_at_ms = ?2
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, ms(retry_at)])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn delete(&self, address: &SecretAddress, audit: AuditRecord) -> Result<Option<u64>> {
@@ -553,3 +743,6 @@ pub(crate) fn schema_version(path: &Path) -> i64 {
 
 #[cfg(test)]
 pub(crate) const MIGRATION_COUNT: usize = MIGRATIONS.len();
+
+#[cfg(test)]
+pub(crate) const MIGRATION_1: &str = MIGRATIONS[0];

@@ -3,11 +3,16 @@
 use std::fmt::Debug;
 
 use async_trait::async_trait;
+use time::OffsetDateTime;
 use vault_types::SecretAddress;
 
-use crate::{AuditRecord, Result, SecretWrite, StoredSecret};
+use crate::{
+    AuditRecord, NewNotification, PendingNotification, RefreshState, Result, SecretStatus,
+    SecretWrite, StoredSecret,
+};
 
-/// Durable storage of sealed secrets and of the usage log.
+/// Durable storage of sealed secrets, the usage log and the notification
+/// outbox.
 ///
 /// Every mutating call carries the audit record that describes it and
 /// commits both in one transaction: a change is never stored without its
@@ -20,11 +25,27 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     /// Stores `write` if the current version is `expected` (`None`: no
     /// secret yet); otherwise fails with [`Error::Conflict`](crate::Error::Conflict)
     /// and changes nothing. `write.version` must be `expected + 1` (or 1).
+    /// The audit record and the optional notification commit with it.
     async fn put(
         &self,
         write: SecretWrite,
         expected: Option<u64>,
         audit: AuditRecord,
+        notification: Option<NewNotification>,
+    ) -> Result<()>;
+
+    /// Updates the status and refresh bookkeeping of the secret at
+    /// `address` without a new version, if its version is still `expected`
+    /// ([`Error::Conflict`](crate::Error::Conflict) otherwise). The audit
+    /// record and the optional notification commit with it.
+    async fn update_state(
+        &self,
+        address: &SecretAddress,
+        expected: u64,
+        status: SecretStatus,
+        refresh: RefreshState,
+        audit: AuditRecord,
+        notification: Option<NewNotification>,
     ) -> Result<()>;
 
     /// Deletes the secret at `address` (every version) and returns the
@@ -33,11 +54,33 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     /// [`AuditOutcome::NotFound`](crate::AuditOutcome::NotFound).
     async fn delete(&self, address: &SecretAddress, audit: AuditRecord) -> Result<Option<u64>>;
 
+    /// Addresses whose refresh is due at `now`: `refresh_due <= now`, not
+    /// `reauth_required`, not backing off. Earliest first, at most `limit`.
+    /// Served from an index, so the cost follows the number due, not the
+    /// number stored.
+    async fn due_for_refresh(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<SecretAddress>>;
+
+    /// Every address of `project`, in every environment.
+    async fn list_project(&self, project: &str) -> Result<Vec<SecretAddress>>;
+
     /// Appends one usage record, durably.
     async fn append_audit(&self, record: AuditRecord) -> Result<()>;
 
     /// The newest `limit` usage records, newest first.
     async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>>;
+
+    /// Notifications whose next delivery attempt is due at `now`, oldest first.
+    async fn pending_notifications(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<PendingNotification>>;
+
+    /// Removes a delivered notification.
+    async fn notification_delivered(&self, id: i64) -> Result<()>;
+
+    /// Records a failed delivery; the next attempt is not before `retry_at`.
+    async fn notification_failed(&self, id: i64, retry_at: OffsetDateTime) -> Result<()>;
 
     /// The distinct master-key ids that stored secrets are sealed under
     /// (checked at start-up: a key the vault cannot load means it must not

@@ -34,6 +34,7 @@ fn write(address: &SecretAddress, version: u64, sealed: &[u8]) -> SecretWrite {
             has_refresh_token: true,
             token_type: "Bearer".into(),
             metadata: Some(metadata),
+            refresh: RefreshState::default(),
         },
         at: T0 + Duration::seconds(version as i64),
     }
@@ -63,6 +64,7 @@ async fn contract_crud(store: &dyn SecretStore) {
             write(&a, 1, b"sealed-1"),
             None,
             audit(AuditAction::Store, "r1"),
+            None,
         )
         .await
         .unwrap();
@@ -79,6 +81,7 @@ async fn contract_crud(store: &dyn SecretStore) {
             write(&a, 2, b"sealed-2"),
             Some(1),
             audit(AuditAction::Store, "r2"),
+            None,
         )
         .await
         .unwrap();
@@ -119,7 +122,12 @@ async fn contract_crud(store: &dyn SecretStore) {
 async fn contract_conflicts_change_nothing(store: &dyn SecretStore) {
     let a = addr("google");
     store
-        .put(write(&a, 1, b"v1"), None, audit(AuditAction::Store, "c1"))
+        .put(
+            write(&a, 1, b"v1"),
+            None,
+            audit(AuditAction::Store, "c1"),
+            None,
+        )
         .await
         .unwrap();
     // Expecting "absent" when a secret exists.
@@ -128,6 +136,7 @@ async fn contract_conflicts_change_nothing(store: &dyn SecretStore) {
             write(&a, 1, b"other"),
             None,
             audit(AuditAction::Store, "c2"),
+            None,
         )
         .await
         .unwrap_err();
@@ -144,6 +153,7 @@ async fn contract_conflicts_change_nothing(store: &dyn SecretStore) {
             write(&a, 2, b"v2"),
             Some(1),
             audit(AuditAction::Store, "c3"),
+            None,
         )
         .await
         .unwrap();
@@ -152,6 +162,7 @@ async fn contract_conflicts_change_nothing(store: &dyn SecretStore) {
             write(&a, 2, b"stale"),
             Some(1),
             audit(AuditAction::Store, "c4"),
+            None,
         )
         .await
         .unwrap_err();
@@ -159,7 +170,12 @@ async fn contract_conflicts_change_nothing(store: &dyn SecretStore) {
     // A version that does not follow the expected one is refused.
     assert!(matches!(
         store
-            .put(write(&a, 7, b"x"), Some(2), audit(AuditAction::Store, "c5"))
+            .put(
+                write(&a, 7, b"x"),
+                Some(2),
+                audit(AuditAction::Store, "c5"),
+                None
+            )
             .await,
         Err(Error::Invalid(_))
     ));
@@ -189,6 +205,7 @@ async fn contract_concurrent_writers_one_wins(store: &std::sync::Arc<dyn SecretS
                     write(&a, 1, format!("w{i}").as_bytes()),
                     None,
                     audit(AuditAction::Store, &format!("w{i}")),
+                    None,
                 )
                 .await
         }));
@@ -239,6 +256,7 @@ async fn sqlite_survives_reopen_and_migrates_once() {
                 write(&addr("slack"), 1, b"kept"),
                 None,
                 audit(AuditAction::Store, "m1"),
+                None,
             )
             .await
             .unwrap();
@@ -278,6 +296,7 @@ async fn sqlite_files_are_private_and_wal_is_on() {
             write(&addr("slack"), 1, b"x"),
             None,
             audit(AuditAction::Store, "p1"),
+            None,
         )
         .await
         .unwrap();
@@ -310,6 +329,7 @@ async fn sqlite_corrupt_rows_are_errors_not_panics() {
             write(&addr("slack"), 1, b"x"),
             None,
             audit(AuditAction::Store, "k1"),
+            None,
         )
         .await
         .unwrap();
@@ -318,4 +338,188 @@ async fn sqlite_corrupt_rows_are_errors_not_panics() {
         .unwrap();
     let err = store.get(&addr("slack")).await.unwrap_err();
     assert!(matches!(err, Error::Corrupt(_)), "{err}");
+}
+
+async fn contract_refresh_bookkeeping(store: &dyn SecretStore) {
+    let due = |platform: &str, minutes: i64| {
+        let mut w = write(&addr(platform), 1, b"x");
+        w.meta.refresh.refresh_due = Some(T0 + Duration::minutes(minutes));
+        w
+    };
+    for (platform, minutes) in [("a", 3), ("b", 1), ("c", 2), ("d", 10)] {
+        store
+            .put(
+                due(platform, minutes),
+                None,
+                audit(AuditAction::Store, platform),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    // No refresh_due: never listed.
+    store
+        .put(
+            write(&addr("e"), 1, b"x"),
+            None,
+            audit(AuditAction::Store, "e"),
+            None,
+        )
+        .await
+        .unwrap();
+    let now = T0 + Duration::minutes(5);
+    let names = |v: Vec<SecretAddress>| {
+        v.iter()
+            .map(|a| a.platform().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(store.due_for_refresh(now, 10).await.unwrap()),
+        ["b", "c", "a"]
+    );
+    assert_eq!(
+        names(store.due_for_refresh(now, 2).await.unwrap()),
+        ["b", "c"]
+    );
+
+    // Backing off and reauth_required are left out.
+    let backoff = RefreshState {
+        refresh_due: Some(T0 + Duration::minutes(1)),
+        last_error: Some("timeout".into()),
+        failure_count: 2,
+        next_attempt_at: Some(T0 + Duration::minutes(7)),
+        ..RefreshState::default()
+    };
+    store
+        .update_state(
+            &addr("b"),
+            1,
+            SecretStatus::RefreshFailing,
+            backoff.clone(),
+            audit(AuditAction::Refresh, "u1"),
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .update_state(
+            &addr("c"),
+            1,
+            SecretStatus::ReauthRequired,
+            RefreshState::default(),
+            audit(AuditAction::Refresh, "u2"),
+            Some(NewNotification {
+                payload: "{\"event\":\"x\"}".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(store.due_for_refresh(now, 10).await.unwrap()), ["a"]);
+    assert_eq!(
+        names(
+            store
+                .due_for_refresh(T0 + Duration::minutes(8), 10)
+                .await
+                .unwrap()
+        ),
+        ["b", "a"]
+    );
+    let b = store.get(&addr("b")).await.unwrap().unwrap();
+    assert_eq!(b.meta.status, SecretStatus::RefreshFailing);
+    assert_eq!(b.meta.refresh, backoff);
+    assert_eq!(b.version, 1, "state updates keep the version");
+
+    // A stale version is a conflict and changes nothing.
+    let err = store
+        .update_state(
+            &addr("b"),
+            7,
+            SecretStatus::Active,
+            RefreshState::default(),
+            audit(AuditAction::Refresh, "u3"),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }));
+    assert_eq!(
+        store.get(&addr("b")).await.unwrap().unwrap().meta.status,
+        SecretStatus::RefreshFailing
+    );
+
+    // Project listing spans environments.
+    let dev = SecretAddress::new("dev", "pf_203", "a").unwrap();
+    let mut w = write(&dev, 1, b"x");
+    w.address = dev.clone();
+    store
+        .put(w, None, audit(AuditAction::Store, "dev"), None)
+        .await
+        .unwrap();
+    let listed = store.list_project("pf_203").await.unwrap();
+    assert_eq!(listed.len(), 6);
+    assert_eq!(listed[0], dev);
+    assert!(store.list_project("pf_999").await.unwrap().is_empty());
+
+    // The outbox: pending, failed with backoff, delivered.
+    let pending = store.pending_notifications(T0, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].attempts, 0);
+    let id = pending[0].id;
+    store
+        .notification_failed(id, T0 + Duration::minutes(1))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .pending_notifications(T0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store
+        .pending_notifications(T0 + Duration::minutes(1), 10)
+        .await
+        .unwrap();
+    assert_eq!((again[0].id, again[0].attempts), (id, 1));
+    store.notification_delivered(id).await.unwrap();
+    assert!(
+        store
+            .pending_notifications(T0 + Duration::days(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_refresh_bookkeeping() {
+    let dir = tempfile::tempdir().unwrap();
+    contract_refresh_bookkeeping(&sqlite_store(&dir).await).await;
+}
+
+#[tokio::test]
+async fn sqlite_migrates_a_version_1_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.db");
+    {
+        // A database as the first release left it.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(crate::sqlite::MIGRATION_1).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO secrets VALUES ('prod','p','slack',3,x'00','k','active',NULL,'[]',0,
+             'Bearer',NULL,1,2)",
+            [],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(schema_version(&path), MIGRATION_COUNT as i64);
+    let got = store
+        .get(&SecretAddress::new("prod", "p", "slack").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.version, 3);
+    assert_eq!(got.meta.refresh, RefreshState::default());
 }

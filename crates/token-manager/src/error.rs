@@ -32,6 +32,29 @@ pub enum Error {
         /// The platform concerned.
         platform: String,
     },
+    /// The token needs a refresh and the refresh failed for a reason that
+    /// may pass (timeout, provider down, rate limited).
+    #[error("refreshing the {platform} token failed ({kind}); retry later")]
+    RefreshFailed {
+        /// The platform concerned.
+        platform: String,
+        /// Kind of the failure, e.g. `timeout`.
+        kind: String,
+    },
+    /// A forced refresh came too soon after the last attempt.
+    #[error("the {platform} token was refreshed or attempted moments ago; retry later")]
+    RefreshRateLimited {
+        /// The platform concerned.
+        platform: String,
+    },
+    /// A refresh was asked for a token that cannot be refreshed.
+    #[error(
+        "the {platform} token cannot be refreshed (no refresh token or no provider configured)"
+    )]
+    NotRefreshable {
+        /// The platform concerned.
+        platform: String,
+    },
     /// Concurrent writers kept changing the secret.
     #[error("the secret was changed concurrently; retry")]
     Conflict,
@@ -53,9 +76,12 @@ impl Error {
             Self::InvalidInput(_) => ErrorKind::InvalidInput,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::InsufficientScope { .. } => ErrorKind::Forbidden,
-            Self::TokenExpired { .. } | Self::ReauthRequired { .. } | Self::Conflict => {
-                ErrorKind::Conflict
-            }
+            Self::TokenExpired { .. }
+            | Self::ReauthRequired { .. }
+            | Self::NotRefreshable { .. }
+            | Self::Conflict => ErrorKind::Conflict,
+            Self::RefreshFailed { .. } => ErrorKind::Unavailable,
+            Self::RefreshRateLimited { .. } => ErrorKind::RateLimited,
             Self::AuditUnavailable(_) => ErrorKind::Unavailable,
             Self::Store(e) => e.kind(),
             Self::Crypto(e) => e.kind(),
@@ -70,6 +96,9 @@ impl Error {
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::TokenExpired { .. } => "token_expired",
             Self::ReauthRequired { .. } => "reauth_required",
+            Self::RefreshFailed { .. } => "refresh_failed",
+            Self::RefreshRateLimited { .. } => "refresh_rate_limited",
+            Self::NotRefreshable { .. } => "not_refreshable",
             Self::Conflict => "conflict",
             Self::AuditUnavailable(_) => "audit_unavailable",
             Self::Store(e) => match e.kind() {

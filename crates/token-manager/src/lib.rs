@@ -37,13 +37,21 @@
 //! # }).unwrap();
 //! ```
 
+mod background;
 mod error;
+mod locks;
 mod manager;
 mod model;
+mod notify;
+pub mod provider;
+mod refresh;
 
+pub use background::{NotifierConfig, RefresherConfig};
 pub use error::{Error, Result};
-pub use manager::TokenManager;
+pub use manager::{RefreshPolicy, TokenManager, TokenManagerBuilder};
 pub use model::{
-    DeleteOutcome, IssuedToken, RequestContext, SecretInfo, StoreRequest, TokenData, limits,
+    DeleteOutcome, IssuedToken, RequestContext, Revocation, RevocationOutcome, SecretInfo,
+    StoreRequest, TokenData, limits,
 };
+pub use notify::{SIGNATURE_HEADER, sign_webhook};
 pub use vault_secret_store::{AuditAction, AuditOutcome, AuditRecord, SecretStatus};

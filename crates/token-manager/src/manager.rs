@@ -1,19 +1,27 @@
 //! The token manager.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use time::OffsetDateTime;
 use vault_encryption_layer::Envelope;
 use vault_secret_store::{
-    AuditAction, AuditOutcome, AuditRecord, SecretMeta, SecretStatus, SecretStore, SecretWrite,
-    StoredSecret,
+    AuditAction, AuditOutcome, AuditRecord, NewNotification, RefreshState, SecretMeta,
+    SecretStatus, SecretStore, SecretWrite, StoredSecret,
 };
 use vault_types::{Clock, SecretAddress};
 use zeroize::Zeroizing;
 
+use crate::locks::KeyedLocks;
 use crate::model::{SealedToken, normalise_scopes};
-use crate::{DeleteOutcome, Error, IssuedToken, RequestContext, Result, SecretInfo, StoreRequest};
+use crate::notify::{Event, payload};
+use crate::provider::{Provider, ProviderRegistry, TokenKind};
+use crate::{
+    DeleteOutcome, Error, IssuedToken, RequestContext, Result, Revocation, RevocationOutcome,
+    SecretInfo, StoreRequest,
+};
 
 /// How often a store retries when a concurrent writer replaced the secret
 /// between its read and its write. Every lost attempt means another writer
@@ -21,24 +29,115 @@ use crate::{DeleteOutcome, Error, IssuedToken, RequestContext, Result, SecretInf
 /// succeed.
 const STORE_ATTEMPTS: usize = 8;
 
-/// Stores, fetches and deletes credentials; see the crate docs.
+/// When to refresh, and how to back off.
+#[derive(Debug, Clone)]
+pub struct RefreshPolicy {
+    /// Refresh this long before expiry at most…
+    pub margin: Duration,
+    /// …or this fraction of the token's lifetime, whichever is smaller.
+    pub margin_ratio: f64,
+    /// A forced refresh within this long of the last refresh or attempt
+    /// answers the current token instead of calling the provider.
+    pub force_cooldown: Duration,
+    /// First backoff after a failed refresh; doubles per failure.
+    pub backoff_base: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            margin: Duration::from_secs(300),
+            margin_ratio: 0.1,
+            force_cooldown: Duration::from_secs(10),
+            backoff_base: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(900),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn SecretStore>,
+    pub(crate) envelope: Envelope,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) providers: ProviderRegistry,
+    pub(crate) policy: RefreshPolicy,
+    pub(crate) notifications: bool,
+    pub(crate) locks: KeyedLocks,
+    /// Addresses with a background refresh already spawned by a read.
+    pub(crate) spawned: Mutex<HashSet<SecretAddress>>,
+}
+
+/// Stores, fetches, refreshes and deletes credentials; see the crate docs.
+///
+/// Cheap to clone: clones share everything.
 #[derive(Clone)]
 pub struct TokenManager {
-    store: Arc<dyn SecretStore>,
-    envelope: Envelope,
-    clock: Arc<dyn Clock>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl fmt::Debug for TokenManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenManager")
-            .field("store", &self.store)
-            .field("envelope", &self.envelope)
+            .field("store", &self.inner.store)
+            .field("envelope", &self.inner.envelope)
+            .field("providers", &self.inner.providers)
+            .field("policy", &self.inner.policy)
             .finish_non_exhaustive()
     }
 }
 
-fn audit_record(
+/// Builds a [`TokenManager`].
+#[derive(Debug)]
+pub struct TokenManagerBuilder {
+    store: Arc<dyn SecretStore>,
+    envelope: Envelope,
+    clock: Arc<dyn Clock>,
+    providers: ProviderRegistry,
+    policy: RefreshPolicy,
+    notifications: bool,
+}
+
+impl TokenManagerBuilder {
+    /// The providers that refresh and revoke tokens, by platform. Without
+    /// any, every secret is a manual token: served until it expires.
+    pub fn providers(mut self, providers: ProviderRegistry) -> Self {
+        self.providers = providers;
+        self
+    }
+
+    /// When to refresh and how to back off.
+    pub fn refresh_policy(mut self, policy: RefreshPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Whether to queue notifications (re-authorization needed, recovered)
+    /// for delivery by [`TokenManager::run_notifier`].
+    pub fn notifications(mut self, enabled: bool) -> Self {
+        self.notifications = enabled;
+        self
+    }
+
+    /// The token manager.
+    pub fn build(self) -> TokenManager {
+        TokenManager {
+            inner: Arc::new(Inner {
+                store: self.store,
+                envelope: self.envelope,
+                clock: self.clock,
+                providers: self.providers,
+                policy: self.policy,
+                notifications: self.notifications,
+                locks: KeyedLocks::default(),
+                spawned: Mutex::default(),
+            }),
+        }
+    }
+}
+
+pub(crate) fn audit_record(
     at: OffsetDateTime,
     ctx: &RequestContext,
     action: AuditAction,
@@ -60,7 +159,7 @@ fn audit_record(
 }
 
 /// Emits the usage record as a tracing event too (it holds no secret).
-fn trace_audit(r: &AuditRecord) {
+pub(crate) fn trace_audit(r: &AuditRecord) {
     tracing::info!(
         target: "vault::audit",
         request_id = %r.request_id,
@@ -87,14 +186,17 @@ fn info_of(s: &StoredSecret) -> SecretInfo {
         stored_at: s.updated_at,
         created_at: s.created_at,
         metadata: s.meta.metadata.clone(),
+        last_refresh_at: s.meta.refresh.last_refresh_at,
+        last_error: s.meta.refresh.last_error.clone(),
+        next_refresh_attempt_at: s.meta.refresh.next_attempt_at,
     }
 }
 
-fn to_ms(t: OffsetDateTime) -> i64 {
+pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn from_ms(ms: i64) -> Result<OffsetDateTime> {
+pub(crate) fn from_ms(ms: i64) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).map_err(|_| {
         Error::Crypto(vault_encryption_layer::Error::Malformed(
             "expiry out of range",
@@ -102,25 +204,96 @@ fn from_ms(ms: i64) -> Result<OffsetDateTime> {
     })
 }
 
+/// `now + secs`, rounded down to whole seconds: never later than the
+/// provider said.
+pub(crate) fn expiry(now: OffsetDateTime, secs: u64) -> OffsetDateTime {
+    let secs = secs.min(crate::limits::MAX_EXPIRES_IN) as i64;
+    (now + time::Duration::seconds(secs))
+        .replace_nanosecond(0)
+        .unwrap_or(now)
+}
+
 impl TokenManager {
-    /// A token manager over `store`, sealing with `envelope`, telling time by `clock`.
+    /// A token manager over `store`, sealing with `envelope`, telling time
+    /// by `clock`, with no providers (every secret is a manual token).
     pub fn new(store: Arc<dyn SecretStore>, envelope: Envelope, clock: Arc<dyn Clock>) -> Self {
-        Self {
+        Self::builder(store, envelope, clock).build()
+    }
+
+    /// A builder, to add providers, a refresh policy and notifications.
+    pub fn builder(
+        store: Arc<dyn SecretStore>,
+        envelope: Envelope,
+        clock: Arc<dyn Clock>,
+    ) -> TokenManagerBuilder {
+        TokenManagerBuilder {
             store,
             envelope,
             clock,
+            providers: ProviderRegistry::new(),
+            policy: RefreshPolicy::default(),
+            notifications: false,
         }
     }
 
     /// The store behind this manager.
     pub fn secret_store(&self) -> &Arc<dyn SecretStore> {
-        &self.store
+        &self.inner.store
+    }
+
+    /// The current time, by the injected clock, in milliseconds (what the
+    /// store keeps, so answers match later reads).
+    pub(crate) fn now(&self) -> OffsetDateTime {
+        let now = self.inner.clock.now();
+        from_ms(to_ms(now)).unwrap_or(now)
+    }
+
+    /// The provider that can refresh `platform`'s tokens, if any.
+    pub(crate) fn refresher(&self, platform: &str) -> Option<&Arc<dyn Provider>> {
+        self.inner
+            .providers
+            .get(platform)
+            .filter(|p| p.can_refresh())
+    }
+
+    /// When a token should be refreshed: `margin` or `margin_ratio` of its
+    /// lifetime before expiry, whichever is smaller; `None` when it will
+    /// never be refreshed.
+    pub(crate) fn refresh_due(
+        &self,
+        platform: &str,
+        valid_until: Option<OffsetDateTime>,
+        lifetime_secs: Option<u64>,
+        has_refresh_token: bool,
+    ) -> Option<OffsetDateTime> {
+        if !has_refresh_token || self.refresher(platform).is_none() {
+            return None;
+        }
+        let valid_until = valid_until?;
+        let policy = &self.inner.policy;
+        let by_ratio = lifetime_secs
+            .map(|l| Duration::from_secs_f64(l as f64 * policy.margin_ratio.clamp(0.0, 1.0)))
+            .unwrap_or(policy.margin);
+        let margin = policy.margin.min(by_ratio);
+        Some(valid_until - margin)
+    }
+
+    /// Exponential backoff with jitter: `base * 2^(failures-1)`, capped at
+    /// `cap`, then scaled by a random factor in [0.5, 1].
+    pub(crate) fn backoff_delay(&self, failures: u32, cap: Duration) -> Duration {
+        let base = self.inner.policy.backoff_base;
+        let exp = failures.saturating_sub(1).min(20);
+        let delay = base.saturating_mul(1u32 << exp).min(cap);
+        let r = vault_encryption_layer::random_u64().unwrap_or(u64::MAX);
+        let factor = 0.5 + (r % 1001) as f64 / 2000.0;
+        delay.mul_f64(factor)
     }
 
     /// Appends a usage record (and emits it as a tracing event).
-    async fn audit(&self, record: AuditRecord) -> Result<()> {
+    pub(crate) async fn audit(&self, record: AuditRecord) -> Result<()> {
         trace_audit(&record);
-        self.store
+        self.inner
+            .store
             .append_audit(record)
             .await
             .map_err(Error::AuditUnavailable)
@@ -139,18 +312,11 @@ impl TokenManager {
         outcome: AuditOutcome,
         detail: &str,
     ) -> Result<()> {
-        let record = audit_record(
-            self.clock.now(),
-            ctx,
-            action,
-            address,
-            outcome,
-            Some(detail),
-        );
+        let record = audit_record(self.now(), ctx, action, address, outcome, Some(detail));
         self.audit(record).await
     }
 
-    async fn record_failure(
+    pub(crate) async fn record_failure(
         &self,
         ctx: &RequestContext,
         action: AuditAction,
@@ -159,11 +325,13 @@ impl TokenManager {
     ) -> Error {
         let outcome = match err {
             Error::NotFound(_) => AuditOutcome::NotFound,
-            Error::InsufficientScope { .. } => AuditOutcome::Denied,
+            Error::InsufficientScope { .. } | Error::RefreshRateLimited { .. } => {
+                AuditOutcome::Denied
+            }
             _ => AuditOutcome::Failed,
         };
         let record = audit_record(
-            self.clock.now(),
+            self.now(),
             ctx,
             action,
             Some(address),
@@ -177,10 +345,23 @@ impl TokenManager {
         }
     }
 
+    pub(crate) fn notification(
+        &self,
+        event: Event,
+        address: &SecretAddress,
+        at: OffsetDateTime,
+        reason: Option<&str>,
+    ) -> Option<NewNotification> {
+        self.inner.notifications.then(|| NewNotification {
+            payload: payload(event, address, at, reason),
+        })
+    }
+
     /// Seals and stores a token, replacing any previous version at the
     /// address. Returns the stored secret's metadata. The change and its
     /// usage record commit together; an invalid request is recorded as
-    /// failed and changes nothing.
+    /// failed and changes nothing. Storing over a secret that needed
+    /// re-authorization queues a "recovered" notification.
     pub async fn store(&self, ctx: &RequestContext, request: StoreRequest) -> Result<SecretInfo> {
         let address = request.address.clone();
         let (scopes, token_type) = match request.validate() {
@@ -192,19 +373,16 @@ impl TokenManager {
             }
         };
         for _ in 0..STORE_ATTEMPTS {
-            // Millisecond precision: what the store keeps, so the answer
-            // matches later reads.
-            let now = from_ms(to_ms(self.clock.now()))?;
-            let existing = self.store.get(&address).await?;
+            let now = self.now();
+            let existing = self.inner.store.get(&address).await?;
             let current = existing.as_ref().map(|s| s.version);
+            let recovered = existing
+                .as_ref()
+                .is_some_and(|s| s.meta.status == SecretStatus::ReauthRequired);
             let created_at = existing.map_or(now, |s| s.created_at);
             let version = current.unwrap_or(0) + 1;
-            let valid_until = request.token.expires_in.map(|secs| {
-                // Whole seconds, rounded down: never later than the provider said.
-                (now + time::Duration::seconds(secs as i64))
-                    .replace_nanosecond(0)
-                    .unwrap_or(now)
-            });
+            let valid_until = request.token.expires_in.map(|secs| expiry(now, secs));
+            let has_refresh_token = request.token.refresh_token.is_some();
             let sealed_token = SealedToken {
                 access_token: request.token.access_token.clone(),
                 refresh_token: request.token.refresh_token.clone(),
@@ -212,26 +390,33 @@ impl TokenManager {
                 valid_until: valid_until.map(to_ms),
                 scopes: scopes.clone(),
             };
-            let plaintext = Zeroizing::new(
-                serde_json::to_vec(&sealed_token)
-                    .map_err(|_| Error::InvalidInput("token does not serialise".into()))?,
-            );
-            let sealed = self
-                .envelope
-                .seal(&plaintext, &address.aad(version))
-                .await?;
+            let sealed = self.seal(&sealed_token, &address, version).await?;
             let write = SecretWrite {
                 address: address.clone(),
                 version,
                 sealed,
-                key_id: self.envelope.key_provider().active_key_id().to_owned(),
+                key_id: self
+                    .inner
+                    .envelope
+                    .key_provider()
+                    .active_key_id()
+                    .to_owned(),
                 meta: SecretMeta {
                     status: SecretStatus::Active,
                     valid_until,
                     scopes: scopes.clone(),
-                    has_refresh_token: request.token.refresh_token.is_some(),
+                    has_refresh_token,
                     token_type: token_type.clone(),
                     metadata: request.metadata.clone(),
+                    refresh: RefreshState {
+                        refresh_due: self.refresh_due(
+                            address.platform(),
+                            valid_until,
+                            request.token.expires_in,
+                            has_refresh_token,
+                        ),
+                        ..RefreshState::default()
+                    },
                 },
                 at: now,
             };
@@ -243,22 +428,29 @@ impl TokenManager {
                 AuditOutcome::Success,
                 None,
             );
-            let meta = write.meta.clone();
-            match self.store.put(write, current, record.clone()).await {
+            let notification = if recovered {
+                self.notification(Event::Recovered, &address, now, None)
+            } else {
+                None
+            };
+            let stored = StoredSecret {
+                address: address.clone(),
+                version,
+                sealed: Vec::new(),
+                key_id: write.key_id.clone(),
+                meta: write.meta.clone(),
+                created_at,
+                updated_at: now,
+            };
+            match self
+                .inner
+                .store
+                .put(write, current, record.clone(), notification)
+                .await
+            {
                 Ok(()) => {
                     trace_audit(&record);
-                    return Ok(SecretInfo {
-                        address,
-                        version,
-                        status: meta.status,
-                        valid_until: meta.valid_until,
-                        scopes: meta.scopes,
-                        has_refresh_token: meta.has_refresh_token,
-                        token_type: meta.token_type,
-                        stored_at: now,
-                        created_at,
-                        metadata: meta.metadata,
-                    });
+                    return Ok(info_of(&stored));
                 }
                 Err(vault_secret_store::Error::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -267,28 +459,77 @@ impl TokenManager {
         Err(Error::Conflict)
     }
 
+    pub(crate) async fn seal(
+        &self,
+        token: &SealedToken,
+        address: &SecretAddress,
+        version: u64,
+    ) -> Result<Vec<u8>> {
+        let plaintext = Zeroizing::new(
+            serde_json::to_vec(token)
+                .map_err(|_| Error::InvalidInput("token does not serialise".into()))?,
+        );
+        Ok(self
+            .inner
+            .envelope
+            .seal(&plaintext, &address.aad(version))
+            .await?)
+    }
+
+    pub(crate) async fn open(&self, stored: &StoredSecret) -> Result<SealedToken> {
+        let plaintext = self
+            .inner
+            .envelope
+            .open(&stored.sealed, &stored.address.aad(stored.version))
+            .await?;
+        serde_json::from_slice(&plaintext).map_err(|_| {
+            Error::Crypto(vault_encryption_layer::Error::Malformed(
+                "sealed token does not decode",
+            ))
+        })
+    }
+
     /// Returns a valid access token for `address` carrying every scope in
-    /// `required_scopes`.
+    /// `required_scopes`, refreshing it first when it has expired.
     ///
-    /// Fails with [`Error::NotFound`], [`Error::InsufficientScope`],
-    /// [`Error::TokenExpired`] or [`Error::ReauthRequired`]; an expired
-    /// token is never returned. The read is recorded in the usage log
-    /// before the token is returned; when it cannot be, the token is not
-    /// returned.
+    /// A token inside its refresh margin is returned as it is while a
+    /// background refresh runs. Fails with [`Error::NotFound`],
+    /// [`Error::InsufficientScope`], [`Error::TokenExpired`] (expired and not
+    /// refreshable), [`Error::ReauthRequired`] or [`Error::RefreshFailed`];
+    /// an expired token is never returned. The read is recorded in the
+    /// usage log before the token is returned; when it cannot be, the token
+    /// is not returned.
     pub async fn fetch(
         &self,
         ctx: &RequestContext,
         address: &SecretAddress,
         required_scopes: &[String],
     ) -> Result<IssuedToken> {
+        self.fetch_with(ctx, address, required_scopes, false).await
+    }
+
+    /// [`TokenManager::fetch`], with `force_refresh` to refresh the token
+    /// even though it has not expired (the engine saw the provider reject
+    /// it). Forced refreshes go through the same single-flight path and are
+    /// rate limited per address.
+    pub async fn fetch_with(
+        &self,
+        ctx: &RequestContext,
+        address: &SecretAddress,
+        required_scopes: &[String],
+        force_refresh: bool,
+    ) -> Result<IssuedToken> {
         let result = match normalise_scopes(required_scopes, "required scopes") {
-            Ok(required) => self.fetch_inner(address, &required).await,
+            Ok(required) => {
+                self.fetch_inner(ctx, address, &required, force_refresh)
+                    .await
+            }
             Err(e) => Err(e),
         };
         match result {
             Ok(token) => {
                 let record = audit_record(
-                    self.clock.now(),
+                    self.now(),
                     ctx,
                     AuditAction::Read,
                     Some(address),
@@ -306,10 +547,13 @@ impl TokenManager {
 
     async fn fetch_inner(
         &self,
+        ctx: &RequestContext,
         address: &SecretAddress,
         required: &[String],
+        force: bool,
     ) -> Result<IssuedToken> {
-        let stored = self
+        let mut stored = self
+            .inner
             .store
             .get(address)
             .await?
@@ -319,85 +563,220 @@ impl TokenManager {
                 platform: address.platform().to_owned(),
             });
         }
-        let token = self.open(&stored).await?;
-        let missing: Vec<String> = required
-            .iter()
-            .filter(|s| !token.scopes.contains(s))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::InsufficientScope { missing });
+        let mut token = self.open(&stored).await?;
+        check_scopes(&token, required)?;
+        let now = self.now();
+        let expired = |t: &SealedToken| -> Result<bool> {
+            Ok(t.valid_until
+                .map(from_ms)
+                .transpose()?
+                .is_some_and(|v| v <= now))
+        };
+        if force {
+            (stored, token) = self.forced_refresh(ctx, stored, token).await?;
+        } else if expired(&token)? {
+            if token.refresh_token.is_none() || self.refresher(address.platform()).is_none() {
+                return Err(Error::TokenExpired {
+                    platform: address.platform().to_owned(),
+                });
+            }
+            (stored, token) = self.refresh_locked(ctx, address, stored.version).await?;
+        } else if stored.meta.refresh.refresh_due.is_some_and(|d| d <= now)
+            && stored.meta.refresh.next_attempt_at.is_none_or(|n| n <= now)
+        {
+            self.spawn_background_refresh(address, stored.version);
         }
-        let valid_until = token.valid_until.map(from_ms).transpose()?;
-        if valid_until.is_some_and(|t| t <= self.clock.now()) {
-            // The refresh seam: an expired token is refreshed here once the
-            // vault knows how to refresh its platform. Until then it is an
-            // error, never an expired token served as valid.
+        check_scopes(&token, required)?;
+        if expired(&token)? {
             return Err(Error::TokenExpired {
                 platform: address.platform().to_owned(),
             });
         }
         Ok(IssuedToken {
+            valid_until: token.valid_until.map(from_ms).transpose()?,
             access_token: token.access_token,
             token_type: token.token_type,
-            valid_until,
             scopes: token.scopes,
             version: stored.version,
+            status: stored.meta.status,
         })
     }
 
-    async fn open(&self, stored: &StoredSecret) -> Result<SealedToken> {
-        let plaintext = self
-            .envelope
-            .open(&stored.sealed, &stored.address.aad(stored.version))
-            .await?;
-        serde_json::from_slice(&plaintext).map_err(|_| {
-            Error::Crypto(vault_encryption_layer::Error::Malformed(
-                "sealed token does not decode",
-            ))
-        })
+    /// Metadata of the secret at `address` (no token value), recorded in
+    /// the usage log.
+    pub async fn status(
+        &self,
+        ctx: &RequestContext,
+        address: &SecretAddress,
+    ) -> Result<SecretInfo> {
+        let found = self.inner.store.get(address).await;
+        match found {
+            Ok(Some(s)) => {
+                let record = audit_record(
+                    self.now(),
+                    ctx,
+                    AuditAction::Status,
+                    Some(address),
+                    AuditOutcome::Success,
+                    None,
+                );
+                self.audit(record).await?;
+                Ok(info_of(&s))
+            }
+            Ok(None) => Err(self
+                .record_failure(
+                    ctx,
+                    AuditAction::Status,
+                    address,
+                    Error::NotFound(address.to_string()),
+                )
+                .await),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Metadata of the secret at `address` (no token value, no usage record).
     pub async fn info(&self, address: &SecretAddress) -> Result<SecretInfo> {
-        self.store
+        self.inner
+            .store
             .get(address)
             .await?
             .map(|s| info_of(&s))
             .ok_or_else(|| Error::NotFound(address.to_string()))
     }
 
-    /// Deletes the secret at `address`, every version of it.
+    /// Every address of `project`, in every environment.
+    pub async fn list_project(&self, project: &str) -> Result<Vec<SecretAddress>> {
+        Ok(self.inner.store.list_project(project).await?)
+    }
+
+    /// Revokes the secret's tokens at the provider where it supports that,
+    /// then deletes the secret (every version) whatever the revocation did:
+    /// the caller asked for it to be gone. Each revocation and the delete
+    /// are recorded in the usage log.
     pub async fn delete(
         &self,
         ctx: &RequestContext,
         address: &SecretAddress,
     ) -> Result<DeleteOutcome> {
+        // No refresh may rotate the tokens between revocation and delete.
+        let lock = self.inner.locks.get(address);
+        let _guard = lock.lock().await;
+        let now = self.now();
         let record = audit_record(
-            self.clock.now(),
+            now,
             ctx,
             AuditAction::Delete,
             Some(address),
             AuditOutcome::Success,
             None,
         );
-        let deleted = self.store.delete(address, record.clone()).await?;
+        let Some(stored) = self.inner.store.get(address).await? else {
+            let missing = AuditRecord {
+                outcome: AuditOutcome::NotFound,
+                detail: Some("not_found".into()),
+                ..record
+            };
+            trace_audit(&missing);
+            self.inner.store.delete(address, missing).await?;
+            return Err(Error::NotFound(address.to_string()));
+        };
+        let revocations = self.revoke_all(ctx, &stored).await;
+        let deleted = self.inner.store.delete(address, record.clone()).await?;
+        trace_audit(&record);
         match deleted {
-            Some(version) => {
-                trace_audit(&record);
-                Ok(DeleteOutcome {
-                    address: address.clone(),
-                    version,
-                })
-            }
-            None => {
-                trace_audit(&AuditRecord {
-                    outcome: AuditOutcome::NotFound,
-                    ..record
-                });
-                Err(Error::NotFound(address.to_string()))
-            }
+            Some(version) => Ok(DeleteOutcome {
+                address: address.clone(),
+                version,
+                revocations,
+            }),
+            None => Err(Error::NotFound(address.to_string())),
         }
+    }
+
+    async fn revoke_all(&self, ctx: &RequestContext, stored: &StoredSecret) -> Vec<Revocation> {
+        let address = &stored.address;
+        let provider = self.inner.providers.get(address.platform());
+        let token = match self.open(stored).await {
+            Ok(t) => t,
+            Err(e) => {
+                let outcome = RevocationOutcome::Failed(e.code().to_owned());
+                self.record_revocation(ctx, address, TokenKind::Access, &outcome)
+                    .await;
+                return vec![Revocation {
+                    token: TokenKind::Access,
+                    outcome,
+                }];
+            }
+        };
+        let mut pairs = vec![(TokenKind::Access, token.access_token.clone())];
+        if let Some(rt) = &token.refresh_token {
+            pairs.push((TokenKind::Refresh, rt.clone()));
+        }
+        let mut out = Vec::with_capacity(pairs.len());
+        for (kind, secret) in pairs {
+            let outcome = match provider {
+                None => RevocationOutcome::NotSupported,
+                Some(p) => match p.revoke(&secret, kind).await {
+                    Ok(()) => RevocationOutcome::Revoked,
+                    Err(crate::provider::ProviderError::NotSupported) => {
+                        RevocationOutcome::NotSupported
+                    }
+                    Err(e) => RevocationOutcome::Failed(e.kind().to_owned()),
+                },
+            };
+            self.record_revocation(ctx, address, kind, &outcome).await;
+            out.push(Revocation {
+                token: kind,
+                outcome,
+            });
+        }
+        out
+    }
+
+    async fn record_revocation(
+        &self,
+        ctx: &RequestContext,
+        address: &SecretAddress,
+        kind: TokenKind,
+        outcome: &RevocationOutcome,
+    ) {
+        let which = match kind {
+            TokenKind::Access => "access_token",
+            TokenKind::Refresh => "refresh_token",
+        };
+        let detail = match outcome {
+            RevocationOutcome::Failed(k) => format!("{which}:failed:{k}"),
+            other => format!("{which}:{}", other.as_str()),
+        };
+        let result = match outcome {
+            RevocationOutcome::Failed(_) => AuditOutcome::Failed,
+            _ => AuditOutcome::Success,
+        };
+        let record = audit_record(
+            self.now(),
+            ctx,
+            AuditAction::Revoke,
+            Some(address),
+            result,
+            Some(&detail),
+        );
+        if let Err(e) = self.audit(record).await {
+            tracing::error!(error = %e, "could not record a revocation");
+        }
+    }
+}
+
+fn check_scopes(token: &SealedToken, required: &[String]) -> Result<()> {
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|s| !token.scopes.contains(s))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InsufficientScope { missing })
     }
 }
 

@@ -5,6 +5,8 @@ use time::OffsetDateTime;
 use vault_secret_store::SecretStatus;
 use vault_types::{Secret, SecretAddress};
 
+use crate::provider::TokenKind;
+
 use crate::{Error, Result};
 
 /// Limits on what a caller may store.
@@ -121,6 +123,12 @@ pub struct SecretInfo {
     pub created_at: OffsetDateTime,
     /// Non-secret metadata given at store time.
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// When the token was last refreshed by the vault.
+    pub last_refresh_at: Option<OffsetDateTime>,
+    /// Kind of the last refresh failure, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// No refresh is attempted before this time (backoff after failures).
+    pub next_refresh_attempt_at: Option<OffsetDateTime>,
 }
 
 /// An access token handed to an engine.
@@ -136,6 +144,9 @@ pub struct IssuedToken {
     pub scopes: Vec<String>,
     /// The stored version it came from.
     pub version: u64,
+    /// Life-cycle state of the secret (`refresh_failing` while a valid
+    /// token is served but refreshes fail).
+    pub status: SecretStatus,
 }
 
 /// What a delete did.
@@ -145,6 +156,39 @@ pub struct DeleteOutcome {
     pub address: SecretAddress,
     /// The version that was current when it was deleted.
     pub version: u64,
+    /// What happened at the provider, per token.
+    pub revocations: Vec<Revocation>,
+}
+
+/// The outcome of revoking one token at its provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Which token.
+    pub token: TokenKind,
+    /// What happened.
+    pub outcome: RevocationOutcome,
+}
+
+/// What revoking a token did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationOutcome {
+    /// The provider revoked it (or already considered it invalid).
+    Revoked,
+    /// The provider cannot revoke it, or no provider is configured.
+    NotSupported,
+    /// The revocation failed; the kind of failure (e.g. `timeout`).
+    Failed(String),
+}
+
+impl RevocationOutcome {
+    /// A stable name: `revoked`, `not_supported` or `failed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::NotSupported => "not_supported",
+            Self::Failed(_) => "failed",
+        }
+    }
 }
 
 /// The sealed plaintext of a stored token. Holds the authoritative expiry

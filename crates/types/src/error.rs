@@ -18,6 +18,8 @@ pub enum ErrorKind {
     NotFound,
     /// The request conflicts with the current state (e.g. an expired token).
     Conflict,
+    /// Too many requests of this kind; retry later.
+    RateLimited,
     /// A dependency (database, key provider, resolver) is unavailable; retry later.
     Unavailable,
     /// A bug or an unexpected state inside the vault.
@@ -33,6 +35,7 @@ impl ErrorKind {
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::Conflict => "conflict",
+            Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }

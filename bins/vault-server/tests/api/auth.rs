@@ -241,6 +241,18 @@ async fn every_request_is_in_the_usage_log_without_tokens() {
             ),
             (
                 Some("cleanup"),
+                AuditAction::Revoke,
+                AuditOutcome::Success,
+                Some("access_token:not_supported")
+            ),
+            (
+                Some("cleanup"),
+                AuditAction::Revoke,
+                AuditOutcome::Success,
+                Some("refresh_token:not_supported")
+            ),
+            (
+                Some("cleanup"),
                 AuditAction::Delete,
                 AuditOutcome::Success,
                 None

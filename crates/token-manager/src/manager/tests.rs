@@ -365,6 +365,19 @@ async fn usage_log_records_every_action_without_tokens() {
                 AuditOutcome::Denied,
                 Some("insufficient_scope")
             ),
+            // No provider is configured: nothing to revoke, and the log says so.
+            (
+                "a4",
+                AuditAction::Revoke,
+                AuditOutcome::Success,
+                Some("access_token:not_supported")
+            ),
+            (
+                "a4",
+                AuditAction::Revoke,
+                AuditOutcome::Success,
+                Some("refresh_token:not_supported")
+            ),
             ("a4", AuditAction::Delete, AuditOutcome::Success, None),
         ]
     );

@@ -1,0 +1,178 @@
+//! The background tasks: the refresher and the notification sender.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vault_types::SecretAddress;
+
+use crate::TokenManager;
+use crate::notify::{SIGNATURE_HEADER, sign_webhook};
+
+/// Settings of the background refresher.
+#[derive(Debug, Clone)]
+pub struct RefresherConfig {
+    /// How often it looks for due tokens.
+    pub interval: Duration,
+    /// Most refreshes in flight at once.
+    pub concurrency: usize,
+    /// Most due tokens taken per look.
+    pub batch: u32,
+    /// Each refresh starts after a random delay up to this long, so tokens
+    /// that fall due together do not hit the provider in one burst.
+    pub max_jitter: Duration,
+}
+
+impl Default for RefresherConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            concurrency: 32,
+            batch: 2000,
+            max_jitter: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Settings of the notification sender.
+#[derive(Clone)]
+pub struct NotifierConfig {
+    /// Where notifications are POSTed.
+    pub url: String,
+    /// The HMAC key signing each delivery.
+    pub secret: vault_types::Secret,
+    /// How often it looks for pending notifications.
+    pub interval: Duration,
+    /// Timeout of one delivery.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for NotifierConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifierConfig")
+            .field("url", &self.url)
+            .field("secret", &self.secret)
+            .field("interval", &self.interval)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+fn jitter(max: Duration) -> Duration {
+    let max_ms = max.as_millis() as u64;
+    if max_ms == 0 {
+        return Duration::ZERO;
+    }
+    let r = vault_encryption_layer::random_u64().unwrap_or(0);
+    Duration::from_millis(r % (max_ms + 1))
+}
+
+impl TokenManager {
+    /// Runs the background refresher until the task is dropped or aborted.
+    ///
+    /// Every `interval` it asks the store for tokens whose refresh is due
+    /// (an index lookup: the cost follows the number due) and refreshes them
+    /// with at most `concurrency` in flight, each after a random jitter,
+    /// through the same single-flight path as on-demand refreshes.
+    pub async fn run_refresher(self, config: RefresherConfig) {
+        let in_flight: Arc<Mutex<HashSet<SecretAddress>>> = Arc::default();
+        let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+        loop {
+            let now = self.now();
+            match self.secret_store().due_for_refresh(now, config.batch).await {
+                Ok(due) => {
+                    for address in due {
+                        let fresh = in_flight
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(address.clone());
+                        if !fresh {
+                            continue;
+                        }
+                        let this = self.clone();
+                        let in_flight = Arc::clone(&in_flight);
+                        let permits = Arc::clone(&permits);
+                        let delay = jitter(config.max_jitter);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            if let Ok(_permit) = permits.acquire().await {
+                                this.refresh_if_due(&address).await;
+                            }
+                            in_flight
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&address);
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "background refresher could not list due tokens")
+                }
+            }
+            tokio::time::sleep(config.interval).await;
+        }
+    }
+
+    /// Runs the notification sender until the task is dropped or aborted.
+    ///
+    /// Pending notifications live in the database, so deliveries that fail
+    /// or are interrupted by a restart are retried (exponential backoff up
+    /// to an hour) until the receiver acknowledges them with a 2xx.
+    pub async fn run_notifier(self, config: NotifierConfig) {
+        let http = match reqwest::Client::builder()
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "notification sender could not start");
+                return;
+            }
+        };
+        loop {
+            let now = self.now();
+            match self.secret_store().pending_notifications(now, 100).await {
+                Ok(pending) => {
+                    for n in pending {
+                        let signature = sign_webhook(
+                            config.secret.expose().as_bytes(),
+                            now.unix_timestamp(),
+                            n.payload.as_bytes(),
+                        );
+                        let sent = http
+                            .post(&config.url)
+                            .header("content-type", "application/json")
+                            .header(SIGNATURE_HEADER, signature)
+                            .body(n.payload.clone())
+                            .send()
+                            .await;
+                        let ok = matches!(&sent, Ok(res) if res.status().is_success());
+                        let result = if ok {
+                            self.secret_store().notification_delivered(n.id).await
+                        } else {
+                            let delay =
+                                self.backoff_delay(n.attempts + 1, Duration::from_secs(3600));
+                            tracing::warn!(
+                                id = n.id,
+                                attempts = n.attempts + 1,
+                                status = sent.as_ref().map(|r| r.status().as_u16()).unwrap_or(0),
+                                "notification delivery failed; will retry"
+                            );
+                            self.secret_store()
+                                .notification_failed(n.id, now + delay)
+                                .await
+                        };
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "could not record a notification delivery");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "notification sender could not list pending notifications")
+                }
+            }
+            tokio::time::sleep(config.interval).await;
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Refreshing tokens: single flight per address, persist before use,
+//! backoff after failures, `reauth_required` when the grant is dead.
+
+use vault_secret_store::{
+    AuditAction, AuditOutcome, RefreshState, SecretMeta, SecretStatus, SecretWrite, StoredSecret,
+};
+use vault_types::SecretAddress;
+
+use crate::manager::{audit_record, expiry, to_ms, trace_audit};
+use crate::model::{SealedToken, normalise_scopes};
+use crate::notify::Event;
+use crate::provider::{ProviderError, Refreshed};
+use crate::{Error, RequestContext, Result, TokenManager};
+
+impl TokenManager {
+    /// Refreshes the token at `address` unless someone already replaced the
+    /// version the caller saw (`seen_version`).
+    ///
+    /// This is the single-flight path: callers for one address queue on one
+    /// lock; the first calls the provider and commits the new version
+    /// before anyone gets it; the others find the version changed and take
+    /// the committed result without calling the provider. Returns the
+    /// secret as it is afterwards.
+    pub(crate) async fn refresh_locked(
+        &self,
+        ctx: &RequestContext,
+        address: &SecretAddress,
+        seen_version: u64,
+    ) -> Result<(StoredSecret, SealedToken)> {
+        let platform = address.platform().to_owned();
+        let provider = self
+            .refresher(&platform)
+            .cloned()
+            .ok_or_else(|| Error::NotRefreshable {
+                platform: platform.clone(),
+            })?;
+        let lock = self.inner.locks.get(address);
+        let _guard = lock.lock().await;
+
+        let stored = self.current(address).await?;
+        let token = self.open(&stored).await?;
+        if stored.version != seen_version {
+            return Ok((stored, token));
+        }
+        if stored.meta.status == SecretStatus::ReauthRequired {
+            return Err(Error::ReauthRequired { platform });
+        }
+        let now = self.now();
+        if stored.meta.refresh.next_attempt_at.is_some_and(|n| n > now) {
+            return Err(Error::RefreshFailed {
+                platform,
+                kind: stored
+                    .meta
+                    .refresh
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "backoff".into()),
+            });
+        }
+        let Some(refresh_token) = token.refresh_token.clone() else {
+            return Err(Error::NotRefreshable { platform });
+        };
+        let result = provider.refresh(&refresh_token, &token.scopes).await;
+        match result {
+            Ok(refreshed) => self.persist_refreshed(ctx, stored, token, refreshed).await,
+            Err(e) => self.record_refresh_failure(ctx, stored, e).await,
+        }
+    }
+
+    async fn current(&self, address: &SecretAddress) -> Result<StoredSecret> {
+        self.inner
+            .store
+            .get(address)
+            .await?
+            .ok_or_else(|| Error::NotFound(address.to_string()))
+    }
+
+    /// Seals and commits the refreshed tokens as a new version before
+    /// anyone is given them.
+    async fn persist_refreshed(
+        &self,
+        ctx: &RequestContext,
+        stored: StoredSecret,
+        old: SealedToken,
+        refreshed: Refreshed,
+    ) -> Result<(StoredSecret, SealedToken)> {
+        let address = stored.address.clone();
+        let now = self.now();
+        let version = stored.version + 1;
+        let valid_until = refreshed.expires_in.map(|s| expiry(now, s));
+        let scopes = refreshed
+            .scopes
+            .as_deref()
+            .and_then(|s| normalise_scopes(s, "scopes").ok())
+            .unwrap_or_else(|| old.scopes.clone());
+        let token = SealedToken {
+            access_token: refreshed.access_token,
+            // A rotated refresh token replaces the old one, which the
+            // provider has invalidated; no refresh token in the answer means
+            // the old one stays valid (Google).
+            refresh_token: refreshed.refresh_token.or(old.refresh_token),
+            token_type: old.token_type,
+            valid_until: valid_until.map(to_ms),
+            scopes: scopes.clone(),
+        };
+        let sealed = self.seal(&token, &address, version).await?;
+        let has_refresh_token = token.refresh_token.is_some();
+        let meta = SecretMeta {
+            status: SecretStatus::Active,
+            valid_until,
+            scopes,
+            has_refresh_token,
+            token_type: token.token_type.clone(),
+            metadata: stored.meta.metadata.clone(),
+            refresh: RefreshState {
+                refresh_due: self.refresh_due(
+                    address.platform(),
+                    valid_until,
+                    refreshed.expires_in,
+                    has_refresh_token,
+                ),
+                last_refresh_at: Some(now),
+                ..RefreshState::default()
+            },
+        };
+        let write = SecretWrite {
+            address: address.clone(),
+            version,
+            sealed: sealed.clone(),
+            key_id: self
+                .inner
+                .envelope
+                .key_provider()
+                .active_key_id()
+                .to_owned(),
+            meta: meta.clone(),
+            at: now,
+        };
+        let record = audit_record(
+            now,
+            ctx,
+            AuditAction::Refresh,
+            Some(&address),
+            AuditOutcome::Success,
+            None,
+        );
+        match self
+            .inner
+            .store
+            .put(write.clone(), Some(stored.version), record.clone(), None)
+            .await
+        {
+            Ok(()) => {
+                trace_audit(&record);
+                let key_id = write.key_id;
+                Ok((
+                    StoredSecret {
+                        address,
+                        version,
+                        sealed,
+                        key_id,
+                        meta,
+                        created_at: stored.created_at,
+                        updated_at: now,
+                    },
+                    token,
+                ))
+            }
+            // A new token was stored while we refreshed (the user
+            // reconnected): it wins, and ours is dropped.
+            Err(vault_secret_store::Error::Conflict { .. }) => {
+                let current = self.current(&address).await?;
+                let token = self.open(&current).await?;
+                Ok((current, token))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn record_refresh_failure(
+        &self,
+        ctx: &RequestContext,
+        stored: StoredSecret,
+        error: ProviderError,
+    ) -> Result<(StoredSecret, SealedToken)> {
+        let address = stored.address.clone();
+        let platform = address.platform().to_owned();
+        let kind = error.kind();
+        let now = self.now();
+        let failures = stored.meta.refresh.failure_count.saturating_add(1);
+        let (status, refresh, notification, err) = if error.is_permanent() {
+            // Another replica, or the Integration Manager, may have replaced
+            // the secret a moment ago: a dead old grant says nothing about a
+            // new one.
+            let current = self.current(&address).await?;
+            if current.version != stored.version {
+                let token = self.open(&current).await?;
+                return Ok((current, token));
+            }
+            (
+                SecretStatus::ReauthRequired,
+                RefreshState {
+                    refresh_due: None,
+                    last_refresh_at: stored.meta.refresh.last_refresh_at,
+                    last_error: Some(kind.to_owned()),
+                    failure_count: failures,
+                    next_attempt_at: None,
+                },
+                self.notification(Event::ReauthRequired, &address, now, Some(kind)),
+                Error::ReauthRequired {
+                    platform: platform.clone(),
+                },
+            )
+        } else {
+            let mut delay = self.backoff_delay(failures, self.inner.policy.backoff_max);
+            if let ProviderError::RateLimited {
+                retry_after: Some(after),
+            } = &error
+            {
+                delay = delay.max(*after);
+            }
+            let retry_at = now + delay;
+            (
+                SecretStatus::RefreshFailing,
+                RefreshState {
+                    refresh_due: stored.meta.refresh.refresh_due,
+                    last_refresh_at: stored.meta.refresh.last_refresh_at,
+                    last_error: Some(kind.to_owned()),
+                    failure_count: failures,
+                    next_attempt_at: Some(retry_at),
+                },
+                None,
+                Error::RefreshFailed {
+                    platform: platform.clone(),
+                    kind: kind.to_owned(),
+                },
+            )
+        };
+        tracing::warn!(
+            address = %address,
+            error_kind = kind,
+            failures,
+            status = status.as_str(),
+            "token refresh failed"
+        );
+        let record = audit_record(
+            now,
+            ctx,
+            AuditAction::Refresh,
+            Some(&address),
+            AuditOutcome::Failed,
+            Some(kind),
+        );
+        trace_audit(&record);
+        match self
+            .inner
+            .store
+            .update_state(
+                &address,
+                stored.version,
+                status,
+                refresh,
+                record,
+                notification,
+            )
+            .await
+        {
+            Ok(()) => Err(err),
+            Err(vault_secret_store::Error::Conflict { .. }) => {
+                let current = self.current(&address).await?;
+                let token = self.open(&current).await?;
+                Ok((current, token))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A refresh asked for by an engine whose token was rejected. Rate
+    /// limited per address: within the cooldown after the last refresh the
+    /// current token is answered; during backoff after failures, an error.
+    pub(crate) async fn forced_refresh(
+        &self,
+        ctx: &RequestContext,
+        stored: StoredSecret,
+        token: SealedToken,
+    ) -> Result<(StoredSecret, SealedToken)> {
+        let platform = stored.address.platform().to_owned();
+        if token.refresh_token.is_none() || self.refresher(&platform).is_none() {
+            return Err(Error::NotRefreshable { platform });
+        }
+        let now = self.now();
+        let cooldown = self.inner.policy.force_cooldown;
+        let refresh = &stored.meta.refresh;
+        if refresh.next_attempt_at.is_some_and(|n| n > now) {
+            return Err(Error::RefreshRateLimited { platform });
+        }
+        if refresh.last_refresh_at.is_some_and(|t| now - t < cooldown) {
+            return Ok((stored, token));
+        }
+        self.refresh_locked(ctx, &stored.address.clone(), stored.version)
+            .await
+    }
+
+    /// Starts a refresh in the background (the token is still valid but in
+    /// its refresh margin); at most one spawned per address at a time.
+    pub(crate) fn spawn_background_refresh(&self, address: &SecretAddress, seen_version: u64) {
+        let fresh = self
+            .inner
+            .spawned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(address.clone());
+        if !fresh {
+            return;
+        }
+        let this = self.clone();
+        let address = address.clone();
+        tokio::spawn(async move {
+            let ctx = background_context();
+            if let Err(e) = this.refresh_locked(&ctx, &address, seen_version).await {
+                tracing::debug!(address = %address, error = %e, "background refresh did not succeed");
+            }
+            this.inner
+                .spawned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&address);
+        });
+    }
+
+    /// Refreshes `address` if its refresh is (still) due; for the
+    /// background refresher.
+    pub(crate) async fn refresh_if_due(&self, address: &SecretAddress) {
+        let Ok(Some(stored)) = self.inner.store.get(address).await else {
+            return;
+        };
+        let now = self.now();
+        let due = stored.meta.refresh.refresh_due.is_some_and(|d| d <= now)
+            && stored.meta.status != SecretStatus::ReauthRequired
+            && stored.meta.refresh.next_attempt_at.is_none_or(|n| n <= now);
+        if !due {
+            return;
+        }
+        let ctx = background_context();
+        if let Err(e) = self.refresh_locked(&ctx, address, stored.version).await {
+            tracing::debug!(address = %address, error = %e, "scheduled refresh did not succeed");
+        }
+    }
+
+    /// Refreshes every token that is due now, with at most `concurrency`
+    /// in flight, and returns how many were due. One pass of the
+    /// background refresher, without its jitter or schedule (for tools,
+    /// tests and benchmarks).
+    pub async fn refresh_due_now(&self, concurrency: usize, batch: u32) -> Result<usize> {
+        let due = self.inner.store.due_for_refresh(self.now(), batch).await?;
+        let count = due.len();
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut tasks = Vec::with_capacity(count);
+        for address in due {
+            let this = self.clone();
+            let permits = std::sync::Arc::clone(&permits);
+            tasks.push(tokio::spawn(async move {
+                if let Ok(_p) = permits.acquire().await {
+                    this.refresh_if_due(&address).await;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok(count)
+    }
+}
+
+/// The usage-log identity of refreshes the vault starts itself.
+fn background_context() -> RequestContext {
+    let id = vault_encryption_layer::random_u64().unwrap_or(0);
+    RequestContext::new(format!("bg-{id:016x}"), Some("vault".into()))
+}
+
+#[cfg(test)]
+mod tests;

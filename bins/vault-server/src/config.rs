@@ -1,9 +1,11 @@
 //! Configuration: defaults, then a TOML file, then environment variables.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use vault_access_resolver::GrantSpec;
+use vault_token_manager::provider::{AuthKind, BodyFormat, ClientAuth, ProviderDefinition};
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,180 @@ pub struct Config {
     /// Pre-approved engines. When empty, a development engine is created.
     #[serde(default)]
     pub engines: Vec<EngineEntry>,
+    /// OAuth providers by platform name. A platform without an entry is a
+    /// manual token: served until it expires, never refreshed.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderEntry>,
+    /// Refresh timing and the background refresher.
+    #[serde(default)]
+    pub refresh: RefreshConfig,
+    /// Notifications to the Integration Manager.
+    #[serde(default)]
+    pub notifications: Option<NotificationsConfig>,
+}
+
+/// `[providers.NAME]`: a provider's client credentials and, for other than
+/// the built-ins (`slack`, `google`, `notion`, `stripe`), its endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderEntry {
+    /// `oauth2`, `oauth2_static` or `api_key`; built-ins know their own.
+    #[serde(default)]
+    pub kind: Option<AuthKind>,
+    /// Token endpoint (overrides a built-in's).
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// Revocation endpoint (overrides a built-in's).
+    #[serde(default)]
+    pub revoke_url: Option<String>,
+    /// OAuth client id.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Environment variable holding the client secret.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// File holding the client secret.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// `basic` or `body`.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+    /// `form` or `json`.
+    #[serde(default)]
+    pub body_format: Option<BodyFormat>,
+    /// Separator of `scope` in token responses.
+    #[serde(default)]
+    pub scope_separator: Option<String>,
+}
+
+impl ProviderEntry {
+    /// The definition for platform `name`: the built-in one overridden by
+    /// this entry, or a generic OAuth 2.0 one.
+    pub fn definition(&self, name: &str) -> Result<ProviderDefinition, ConfigError> {
+        let mut def = ProviderDefinition::builtin(name)
+            .unwrap_or_else(|| ProviderDefinition::generic(name, None, None));
+        let builtin = ProviderDefinition::builtin(name).is_some();
+        if let Some(kind) = self.kind {
+            def.kind = kind;
+        }
+        if self.token_url.is_some() {
+            def.token_url = self.token_url.clone();
+        }
+        if self.revoke_url.is_some() {
+            def.revoke_url = self.revoke_url.clone();
+        }
+        if let Some(a) = self.client_auth {
+            def.client_auth = a;
+        }
+        if let Some(f) = self.body_format {
+            def.body_format = f;
+        }
+        if let Some(sep) = &self.scope_separator {
+            def.scope_separator = sep.clone();
+        }
+        let invalid = |msg: &str| ConfigError::Invalid(format!("providers.{name}: {msg}"));
+        if !builtin && self.kind.is_none() {
+            return Err(invalid(
+                "kind is required for a provider that is not built in",
+            ));
+        }
+        if def.kind == AuthKind::Oauth2 && def.token_url.is_none() {
+            return Err(invalid("token_url is required for kind = \"oauth2\""));
+        }
+        for url in [&def.token_url, &def.revoke_url].into_iter().flatten() {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(invalid("URLs must start with https:// or http://"));
+            }
+        }
+        if def.kind == AuthKind::Oauth2 && self.client_id.is_none() {
+            return Err(invalid("client_id is required to refresh tokens"));
+        }
+        if self.client_secret_env.is_some() && self.client_secret_file.is_some() {
+            return Err(invalid(
+                "give client_secret_env or client_secret_file, not both",
+            ));
+        }
+        Ok(def)
+    }
+}
+
+/// `[refresh]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// Run the background refresher.
+    #[serde(default = "yes")]
+    pub background: bool,
+    /// Milliseconds between looks for due tokens.
+    #[serde(default = "default_refresh_interval")]
+    pub interval_ms: u64,
+    /// Most refreshes in flight.
+    #[serde(default = "default_refresh_concurrency")]
+    pub concurrency: usize,
+    /// Most due tokens taken per look.
+    #[serde(default = "default_refresh_batch")]
+    pub batch: u32,
+    /// Random delay before each background refresh, at most this many ms.
+    #[serde(default = "default_refresh_jitter")]
+    pub max_jitter_ms: u64,
+    /// Refresh at most this long before expiry…
+    #[serde(default = "default_margin")]
+    pub margin_secs: u64,
+    /// …or this fraction of the lifetime, whichever is smaller.
+    #[serde(default = "default_margin_ratio")]
+    pub margin_ratio: f64,
+    /// Forced refreshes within this many seconds of the last one answer
+    /// the current token.
+    #[serde(default = "default_force_cooldown")]
+    pub force_cooldown_secs: u64,
+    /// First backoff after a failure, doubling per failure.
+    #[serde(default = "default_backoff_base")]
+    pub backoff_base_secs: u64,
+    /// Longest backoff.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_secs: u64,
+    /// Timeout of every call to a provider.
+    #[serde(default = "default_http_timeout")]
+    pub http_timeout_secs: u64,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        Self {
+            background: true,
+            interval_ms: default_refresh_interval(),
+            concurrency: default_refresh_concurrency(),
+            batch: default_refresh_batch(),
+            max_jitter_ms: default_refresh_jitter(),
+            margin_secs: default_margin(),
+            margin_ratio: default_margin_ratio(),
+            force_cooldown_secs: default_force_cooldown(),
+            backoff_base_secs: default_backoff_base(),
+            backoff_max_secs: default_backoff_max(),
+            http_timeout_secs: default_http_timeout(),
+        }
+    }
+}
+
+/// `[notifications]`: signed webhooks when a secret needs re-authorization
+/// and when it recovers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Where to POST them.
+    pub url: String,
+    /// Environment variable holding the HMAC signing secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding the HMAC signing secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Milliseconds between delivery rounds.
+    #[serde(default = "default_notify_interval")]
+    pub interval_ms: u64,
+    /// Timeout of one delivery.
+    #[serde(default = "default_http_timeout")]
+    pub timeout_secs: u64,
 }
 
 /// `[server]`.
@@ -224,6 +400,39 @@ fn default_log_level() -> String {
 fn yes() -> bool {
     true
 }
+fn default_refresh_interval() -> u64 {
+    5000
+}
+fn default_refresh_concurrency() -> usize {
+    32
+}
+fn default_refresh_batch() -> u32 {
+    2000
+}
+fn default_refresh_jitter() -> u64 {
+    500
+}
+fn default_margin() -> u64 {
+    300
+}
+fn default_margin_ratio() -> f64 {
+    0.1
+}
+fn default_force_cooldown() -> u64 {
+    10
+}
+fn default_backoff_base() -> u64 {
+    5
+}
+fn default_backoff_max() -> u64 {
+    900
+}
+fn default_http_timeout() -> u64 {
+    10
+}
+fn default_notify_interval() -> u64 {
+    2000
+}
 
 impl Config {
     /// Loads defaults, then `file` (when given), then `VAULT__SECTION__KEY`
@@ -269,6 +478,40 @@ impl Config {
             &self.vault.default_environment,
         )
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (name, entry) in &self.providers {
+            vault_types::validate_identifier("provider name", name)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if name.to_ascii_lowercase() != *name {
+                return Err(ConfigError::Invalid(format!(
+                    "providers.{name}: provider names are lower case"
+                )));
+            }
+            entry.definition(name)?;
+        }
+        let r = &self.refresh;
+        if r.interval_ms == 0 || r.concurrency == 0 || r.batch == 0 || r.http_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "refresh: interval_ms, concurrency, batch and http_timeout_secs must be positive"
+                    .into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&r.margin_ratio) {
+            return Err(ConfigError::Invalid(
+                "refresh.margin_ratio must be between 0 and 1".into(),
+            ));
+        }
+        if let Some(n) = &self.notifications {
+            if !(n.url.starts_with("https://") || n.url.starts_with("http://")) {
+                return Err(ConfigError::Invalid(
+                    "notifications.url must start with https:// or http://".into(),
+                ));
+            }
+            if n.secret_env.is_some() == n.secret_file.is_some() {
+                return Err(ConfigError::Invalid(
+                    "notifications: give exactly one of secret_env and secret_file".into(),
+                ));
+            }
+        }
         for engine in &self.engines {
             for grant in &engine.grants {
                 grant
@@ -350,6 +593,40 @@ mod tests {
     }
 
     #[test]
+    fn providers_merge_over_builtins() {
+        let c = Config::from_toml(
+            r#"
+            [providers.slack]
+            client_id = "123.456"
+            client_secret_env = "SLACK_CLIENT_SECRET"
+            token_url = "http://127.0.0.1:9/slack"
+            [providers.acme]
+            kind = "oauth2"
+            token_url = "https://auth.acme.example/oauth/token"
+            revoke_url = "https://auth.acme.example/oauth/revoke"
+            client_id = "vault"
+            client_secret_env = "ACME_CLIENT_SECRET"
+            client_auth = "basic"
+            [providers.stripe]
+            "#,
+        )
+        .unwrap();
+        let slack = c.providers["slack"].definition("slack").unwrap();
+        assert_eq!(slack.token_url.as_deref(), Some("http://127.0.0.1:9/slack"));
+        assert_eq!(
+            slack.revoke_url.as_deref(),
+            Some("https://slack.com/api/auth.revoke")
+        );
+        assert!(slack.quirks.ok_envelope);
+        let acme = c.providers["acme"].definition("acme").unwrap();
+        assert_eq!(acme.client_auth, ClientAuth::Basic);
+        assert_eq!(
+            c.providers["stripe"].definition("stripe").unwrap().kind,
+            AuthKind::ApiKey
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_rejected() {
         for bad in [
             "nonsense = 1",
@@ -358,6 +635,14 @@ mod tests {
             "[server]\nworkers = 0",
             "[vault]\ndefault_environment = \"a b\"",
             "[[engines]]\nid = \"x\"\ntoken_sha256 = \"00\"\ngrants = [\"fly:*:*:*\"]",
+            "[providers.acme]\nclient_id = \"x\"",
+            "[providers.acme]\nkind = \"oauth2\"\nclient_id = \"x\"",
+            "[providers.acme]\nkind = \"oauth2\"\ntoken_url = \"ftp://x\"\nclient_id = \"x\"",
+            "[providers.slack]\nclient_secret_env = \"X\"",
+            "[providers.Slack]\nclient_id = \"x\"",
+            "[providers.slack]\nclient_id = \"x\"\nsurprise = 1",
+            "[refresh]\nmargin_ratio = 2.0",
+            "[notifications]\nurl = \"http://x\"",
         ] {
             assert!(
                 Config::from_toml(bad).is_err(),

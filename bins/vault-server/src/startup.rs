@@ -9,12 +9,15 @@ use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
 use ring::rand::{SecureRandom, SystemRandom};
+use std::time::Duration;
 use vault_access_resolver::{AccessResolver, ConfigResolver, EngineConfig, token_sha256_hex};
 use vault_api::ApiState;
 use vault_encryption_layer::{Envelope, KeyProvider, LocalKeyProvider};
 use vault_secret_store::{SecretStore, SqliteStore};
-use vault_token_manager::TokenManager;
-use vault_types::{Clock, SystemClock};
+
+use vault_token_manager::provider::{ProviderConfig, ProviderRegistry};
+use vault_token_manager::{NotifierConfig, RefreshPolicy, RefresherConfig, TokenManager};
+use vault_types::{Clock, Secret, SystemClock};
 
 use crate::config::{Config, KeyProviderKind, StorageBackend};
 
@@ -50,6 +53,12 @@ pub enum StartupError {
     /// The engine list is invalid.
     #[error("engines: {0}")]
     Access(#[from] vault_access_resolver::Error),
+    /// A configured secret (client secret, webhook key) could not be read.
+    #[error("{0}")]
+    Secret(String),
+    /// The provider HTTP client could not be built.
+    #[error("providers: {0}")]
+    Providers(String),
     /// A file or socket operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -209,6 +218,69 @@ fn resolver(config: &Config) -> Result<Arc<dyn AccessResolver>, StartupError> {
     Ok(Arc::new(ConfigResolver::new(engines)?))
 }
 
+/// Reads a secret named by an environment variable or a file.
+fn read_secret(
+    what: &str,
+    env: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, StartupError> {
+    let value = match (env, file) {
+        (Some(var), _) => std::env::var(var).map_err(|_| {
+            StartupError::Secret(format!("{what}: environment variable {var} is not set"))
+        })?,
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+            StartupError::Secret(format!("{what}: reading {}: {e}", path.display()))
+        })?,
+        (None, None) => return Ok(None),
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(StartupError::Secret(format!("{what} is empty")));
+    }
+    Ok(Some(Secret::from(value)))
+}
+
+fn providers(config: &Config) -> Result<ProviderRegistry, StartupError> {
+    let mut configs = Vec::new();
+    for (name, entry) in &config.providers {
+        let definition = entry
+            .definition(name)
+            .map_err(|e| StartupError::Providers(e.to_string()))?;
+        let client_secret = read_secret(
+            &format!("providers.{name} client secret"),
+            entry.client_secret_env.as_deref(),
+            entry.client_secret_file.as_deref(),
+        )?;
+        tracing::info!(
+            platform = %name,
+            kind = ?definition.kind,
+            token_url = definition.token_url.as_deref().unwrap_or("-"),
+            "provider configured"
+        );
+        configs.push(ProviderConfig {
+            definition,
+            client_id: entry.client_id.clone(),
+            client_secret,
+        });
+    }
+    ProviderRegistry::from_configs(
+        configs,
+        Duration::from_secs(config.refresh.http_timeout_secs),
+    )
+    .map_err(|e| StartupError::Providers(e.to_string()))
+}
+
+fn refresh_policy(config: &Config) -> RefreshPolicy {
+    let r = &config.refresh;
+    RefreshPolicy {
+        margin: Duration::from_secs(r.margin_secs),
+        margin_ratio: r.margin_ratio,
+        force_cooldown: Duration::from_secs(r.force_cooldown_secs),
+        backoff_base: Duration::from_secs(r.backoff_base_secs),
+        backoff_max: Duration::from_secs(r.backoff_max_secs),
+    }
+}
+
 impl Application {
     /// Opens storage, loads keys, builds the resolver and binds the HTTP
     /// server. Must run inside an actix system (`actix_web::rt::System`).
@@ -226,7 +298,42 @@ impl Application {
         let in_use = store.key_ids_in_use().await?;
         let keys = load_keys(config, &in_use)?;
         let access = resolver(config)?;
-        let tokens = TokenManager::new(store, Envelope::new(keys), clock);
+        let notifier = match &config.notifications {
+            Some(n) => {
+                let secret = read_secret(
+                    "notifications secret",
+                    n.secret_env.as_deref(),
+                    n.secret_file.as_deref(),
+                )?
+                .ok_or_else(|| StartupError::Secret("notifications: no secret".into()))?;
+                Some(NotifierConfig {
+                    url: n.url.clone(),
+                    secret,
+                    interval: Duration::from_millis(n.interval_ms.max(10)),
+                    timeout: Duration::from_secs(n.timeout_secs.max(1)),
+                })
+            }
+            None => None,
+        };
+        let tokens = TokenManager::builder(store, Envelope::new(keys), clock)
+            .providers(providers(config)?)
+            .refresh_policy(refresh_policy(config))
+            .notifications(notifier.is_some())
+            .build();
+        // Background work runs on the server's own runtime and ends with it.
+        if config.refresh.background {
+            let r = &config.refresh;
+            actix_web::rt::spawn(tokens.clone().run_refresher(RefresherConfig {
+                interval: Duration::from_millis(r.interval_ms),
+                concurrency: r.concurrency,
+                batch: r.batch,
+                max_jitter: Duration::from_millis(r.max_jitter_ms),
+            }));
+        }
+        if let Some(n) = notifier {
+            tracing::info!(url = %n.url, "notifications enabled");
+            actix_web::rt::spawn(tokens.clone().run_notifier(n));
+        }
         let state = ApiState::new(tokens, access, config.vault.default_environment.clone());
 
         let listener = TcpListener::bind(&config.server.bind)

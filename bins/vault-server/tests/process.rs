@@ -404,3 +404,117 @@ fn hash_token_prints_the_config_value() {
         vault_access_resolver::token_sha256_hex("s3cret")
     );
 }
+
+/// A config file with provider `acme` at the fake provider, a fast
+/// background refresher and signed notifications to the fake's webhook.
+fn lifecycle_config(dir: &Path, fake: &vault_test_support::FakeProvider) -> std::path::PathBuf {
+    let secret = dir.join("client.secret");
+    std::fs::write(&secret, vault_test_support::CLIENT_SECRET).unwrap();
+    let hook = dir.join("hook.secret");
+    std::fs::write(&hook, "hook-secret-value").unwrap();
+    let config = dir.join("vault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[providers.acme]
+kind = "oauth2"
+token_url = "{token}"
+revoke_url = "{revoke}"
+client_id = "{id}"
+client_secret_file = "{secret}"
+[refresh]
+interval_ms = 100
+max_jitter_ms = 10
+[notifications]
+url = "{hook_url}"
+secret_file = "{hook}"
+interval_ms = 100
+"#,
+            token = fake.url("/token"),
+            revoke = fake.url("/revoke"),
+            id = vault_test_support::CLIENT_ID,
+            secret = secret.display(),
+            hook_url = fake.url("/webhook"),
+            hook = hook.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn acme(expires_in: u64) -> Value {
+    json!({
+        "project_id": "pf_1",
+        "platform": "acme",
+        "token_data": {
+            "access_token": "at-original",
+            "refresh_token": "rt-original",
+            "expires_in": expires_in
+        }
+    })
+}
+
+/// Waits (bounded) for `cond`.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn tokens_due_while_the_vault_was_down_are_refreshed_after_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = vault_test_support::FakeProvider::start();
+    let config = lifecycle_config(dir.path(), &fake);
+    let envs = [("VAULT_CONFIG", config.to_str().unwrap())];
+    let mut s = start(dir.path(), &envs).unwrap();
+    let token = dev_token(dir.path());
+    assert_eq!(store(&s, &token, &acme(2)).status().as_u16(), 201);
+    s.signal("-TERM");
+    assert!(s.wait().success());
+    // The token expires while nothing runs.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(fake.refresh_calls(), 0);
+    let s = start(dir.path(), &envs).unwrap();
+    // The background refresher finds it without any request asking.
+    wait_until("the background refresh", || fake.refresh_calls() == 1);
+    let body: Value = get(&s, &token, "/vault/token/pf_1/acme").json().unwrap();
+    assert_eq!(body["access_token"], "at-refreshed-1");
+    assert_eq!(fake.refresh_calls(), 1);
+    assert!(!s.logs().contains("rt-original") && !s.logs().contains("at-refreshed"));
+}
+
+#[test]
+fn a_dead_grant_is_announced_by_a_signed_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = vault_test_support::FakeProvider::start();
+    fake.set_mode(vault_test_support::Mode::InvalidGrant);
+    fake.fail_webhooks(1);
+    let config = lifecycle_config(dir.path(), &fake);
+    let s = start(dir.path(), &[("VAULT_CONFIG", config.to_str().unwrap())]).unwrap();
+    let token = dev_token(dir.path());
+    assert_eq!(store(&s, &token, &acme(1)).status().as_u16(), 201);
+    wait_until("the webhook", || !fake.webhooks().is_empty());
+    let (signature, body) = fake.webhooks()[0].clone();
+    let ts: i64 = signature
+        .strip_prefix("t=")
+        .and_then(|v| v.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        signature,
+        vault_token_manager::sign_webhook(b"hook-secret-value", ts, body.as_bytes())
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["type"], "secret.reauth_required");
+    assert_eq!(v["platform"], "acme");
+    assert!(!body.contains("rt-original"));
+    let res = get(&s, &token, "/vault/token/pf_1/acme");
+    assert_eq!(res.status().as_u16(), 409);
+}

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use vault_token_manager::{DeleteOutcome, IssuedToken, SecretInfo, TokenData};
+use vault_token_manager::provider::TokenKind;
+use vault_token_manager::{DeleteOutcome, IssuedToken, RevocationOutcome, SecretInfo, TokenData};
 use vault_types::{Secret, SecretAddress};
 
 /// `POST /vault/store` body.
@@ -31,6 +32,9 @@ pub(crate) struct TokenQuery {
     /// Comma-separated scopes the token must carry.
     #[serde(default)]
     pub(crate) scopes: Option<String>,
+    /// Refresh even though the token has not expired.
+    #[serde(default)]
+    pub(crate) force_refresh: Option<bool>,
 }
 
 /// Query of `DELETE /vault/delete/...`.
@@ -62,6 +66,9 @@ pub(crate) struct SecretInfoBody {
     stored_at: String,
     created_at: String,
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    last_refresh_at: Option<String>,
+    last_error: Option<String>,
+    next_refresh_attempt_at: Option<String>,
 }
 
 impl From<SecretInfo> for SecretInfoBody {
@@ -79,6 +86,9 @@ impl From<SecretInfo> for SecretInfoBody {
             stored_at: rfc3339(i.stored_at),
             created_at: rfc3339(i.created_at),
             metadata: i.metadata,
+            last_refresh_at: i.last_refresh_at.map(rfc3339),
+            last_error: i.last_error,
+            next_refresh_attempt_at: i.next_refresh_attempt_at.map(rfc3339),
         }
     }
 }
@@ -91,6 +101,7 @@ pub(crate) struct TokenBody {
     valid_until: Option<String>,
     scopes: Vec<String>,
     version: u64,
+    status: &'static str,
     environment: String,
     project: String,
     platform: String,
@@ -104,6 +115,7 @@ impl TokenBody {
             valid_until: t.valid_until.map(rfc3339),
             scopes: t.scopes,
             version: t.version,
+            status: t.status.as_str(),
             environment: address.environment().to_owned(),
             project: address.project().to_owned(),
             platform: address.platform().to_owned(),
@@ -111,7 +123,16 @@ impl TokenBody {
     }
 }
 
-/// `DELETE /vault/delete/...` response.
+/// One token's revocation in a delete response.
+#[derive(Debug, Serialize)]
+pub(crate) struct RevocationBody {
+    token: &'static str,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `DELETE /vault/delete/...` response: one per deleted secret.
 #[derive(Debug, Serialize)]
 pub(crate) struct DeleteBody {
     deleted: bool,
@@ -119,6 +140,7 @@ pub(crate) struct DeleteBody {
     project: String,
     platform: String,
     version: u64,
+    revocation: Vec<RevocationBody>,
 }
 
 impl From<DeleteOutcome> for DeleteBody {
@@ -129,6 +151,28 @@ impl From<DeleteOutcome> for DeleteBody {
             project: d.address.project().to_owned(),
             platform: d.address.platform().to_owned(),
             version: d.version,
+            revocation: d
+                .revocations
+                .into_iter()
+                .map(|r| RevocationBody {
+                    token: match r.token {
+                        TokenKind::Access => "access_token",
+                        TokenKind::Refresh => "refresh_token",
+                    },
+                    outcome: r.outcome.as_str(),
+                    error: match r.outcome {
+                        RevocationOutcome::Failed(kind) => Some(kind),
+                        _ => None,
+                    },
+                })
+                .collect(),
         }
     }
+}
+
+/// `DELETE /vault/delete/{project}` response.
+#[derive(Debug, Serialize)]
+pub(crate) struct DeleteProjectBody {
+    pub(crate) project: String,
+    pub(crate) deleted: Vec<DeleteBody>,
 }

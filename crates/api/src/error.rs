@@ -44,20 +44,28 @@ fn status_of(kind: ErrorKind) -> StatusCode {
 impl ApiError {
     /// An error of `kind` with a stable `code` and a message for the caller.
     ///
-    /// For server-side kinds (unavailable, internal) the message is replaced
-    /// by a generic one and the given one is logged instead.
+    /// For internal errors the message is replaced by a generic one and the
+    /// given one is logged instead.
     pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::with_cause(kind, code, message.clone(), message)
+    }
+
+    /// Like [`ApiError::new`], with a separate `cause` for the log (the
+    /// whole error chain; never a secret) for server-side errors.
+    pub fn with_cause(
+        kind: ErrorKind,
+        code: &'static str,
+        message: impl Into<String>,
+        cause: impl Into<String>,
+    ) -> Self {
         let status = status_of(kind);
         let mut message = message.into();
         if status.is_server_error() {
-            tracing::error!(code, cause = %message, "request failed");
-            message = match kind {
-                ErrorKind::Unavailable => {
-                    "the vault cannot serve this request right now; retry later"
-                }
-                _ => "internal error",
-            }
-            .to_owned();
+            tracing::error!(code, cause = %cause.into(), "request failed");
+        }
+        if kind == ErrorKind::Internal {
+            message = "internal error".to_owned();
         }
         Self {
             status,
@@ -97,7 +105,8 @@ fn chain(err: &dyn std::error::Error) -> String {
 
 impl From<vault_token_manager::Error> for ApiError {
     fn from(e: vault_token_manager::Error) -> Self {
-        Self::new(e.kind(), e.code(), chain(&e))
+        // Top-level messages are written for callers; sources are for the log.
+        Self::with_cause(e.kind(), e.code(), e.to_string(), chain(&e))
     }
 }
 
@@ -110,7 +119,7 @@ impl From<vault_access_resolver::Error> for ApiError {
             E::Unavailable(_) => "access_resolver_unavailable",
             E::InvalidConfig(_) => "internal",
         };
-        Self::new(e.kind(), code, chain(&e))
+        Self::with_cause(e.kind(), code, e.to_string(), chain(&e))
     }
 }
 

@@ -6,7 +6,9 @@ use vault_access_resolver::{Action, Principal};
 use vault_token_manager::{AuditAction, AuditOutcome, RequestContext, StoreRequest};
 use vault_types::{ErrorKind, SecretAddress};
 
-use crate::dto::{DeleteBody, EnvQuery, SecretInfoBody, StoreBody, TokenBody, TokenQuery};
+use crate::dto::{
+    DeleteBody, DeleteProjectBody, EnvQuery, SecretInfoBody, StoreBody, TokenBody, TokenQuery,
+};
 use crate::request::{credentials, json_body, parse_json, request_id};
 use crate::{ApiError, ApiState};
 
@@ -162,22 +164,34 @@ pub(crate) async fn store(
     Ok(HttpResponse::Created().json(SecretInfoBody::from(info)))
 }
 
+/// Authenticates, parses the query, builds the address from the path and
+/// checks the grant: the common start of the per-secret routes.
+async fn secret_request<Q: serde::de::DeserializeOwned>(
+    state: &ApiState,
+    req: &HttpRequest,
+    action: Action,
+    env: impl Fn(&Q) -> Option<&str>,
+) -> Result<(Caller, Q, SecretAddress), ApiError> {
+    let caller = authenticate(state, req, action).await?;
+    let query = match web::Query::<Q>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(_) => return Err(refuse(state, &caller.ctx, action, None, invalid_query()).await),
+    };
+    let address = match path_address(state, req, env(&query)) {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(state, &caller.ctx, action, None, e).await),
+    };
+    authorize(state, &caller, action, &address).await?;
+    Ok((caller, query, address))
+}
+
 /// `GET /vault/token/{project}/{platform}`.
 pub(crate) async fn fetch(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let action = Action::Read;
-    let caller = authenticate(&state, &req, action).await?;
-    let query = match web::Query::<TokenQuery>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(_) => return Err(refuse(&state, &caller.ctx, action, None, invalid_query()).await),
-    };
-    let address = match path_address(&state, &req, query.env.as_deref()) {
-        Ok(a) => a,
-        Err(e) => return Err(refuse(&state, &caller.ctx, action, None, e).await),
-    };
-    authorize(&state, &caller, action, &address).await?;
+    let (caller, query, address) =
+        secret_request::<TokenQuery>(&state, &req, Action::Read, |q| q.env.as_deref()).await?;
     let required: Vec<String> = query
         .scopes
         .as_deref()
@@ -190,9 +204,41 @@ pub(crate) async fn fetch(
     let token = state
         .inner
         .tokens
-        .fetch(&caller.ctx, &address, &required)
+        .fetch_with(
+            &caller.ctx,
+            &address,
+            &required,
+            query.force_refresh.unwrap_or(false),
+        )
         .await?;
     Ok(HttpResponse::Ok().json(TokenBody::new(token, &address)))
+}
+
+/// `POST /vault/refresh/{project}/{platform}`: refresh now (the engine saw
+/// the provider reject its token) and answer the new token.
+pub(crate) async fn refresh(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (caller, _, address) =
+        secret_request::<EnvQuery>(&state, &req, Action::Read, |q| q.env.as_deref()).await?;
+    let token = state
+        .inner
+        .tokens
+        .fetch_with(&caller.ctx, &address, &[], true)
+        .await?;
+    Ok(HttpResponse::Ok().json(TokenBody::new(token, &address)))
+}
+
+/// `GET /vault/status/{project}/{platform}`: metadata, never a token.
+pub(crate) async fn status(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (caller, _, address) =
+        secret_request::<EnvQuery>(&state, &req, Action::Read, |q| q.env.as_deref()).await?;
+    let info = state.inner.tokens.status(&caller.ctx, &address).await?;
+    Ok(HttpResponse::Ok().json(SecretInfoBody::from(info)))
 }
 
 /// `DELETE /vault/delete/{project}/{platform}`.
@@ -200,20 +246,65 @@ pub(crate) async fn delete(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let action = Action::Delete;
-    let caller = authenticate(&state, &req, action).await?;
-    let query = match web::Query::<EnvQuery>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(_) => return Err(refuse(&state, &caller.ctx, action, None, invalid_query()).await),
-    };
-    let address = match path_address(&state, &req, query.env.as_deref()) {
-        Ok(a) => a,
-        Err(e) => return Err(refuse(&state, &caller.ctx, action, None, e).await),
-    };
-    authorize(&state, &caller, action, &address).await?;
+    let (caller, _, address) =
+        secret_request::<EnvQuery>(&state, &req, Action::Delete, |q| q.env.as_deref()).await?;
     let outcome = state.inner.tokens.delete(&caller.ctx, &address).await?;
     Ok(HttpResponse::Ok().json(DeleteBody::from(outcome)))
 }
+
+/// `DELETE /vault/delete/{project}`: every platform and environment of a
+/// project that the caller may delete (for the Cleanup Engine). Secrets the
+/// caller has no grant for are neither deleted nor mentioned.
+pub(crate) async fn delete_project(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let action = Action::Delete;
+    let caller = authenticate(&state, &req, action).await?;
+    if web::Query::<EmptyQuery>::from_query(req.query_string()).is_err() {
+        return Err(refuse(&state, &caller.ctx, action, None, invalid_query()).await);
+    }
+    let project = req.match_info().get("project").unwrap_or("");
+    if let Err(e) = vault_types::validate_identifier("project", project) {
+        return Err(refuse(&state, &caller.ctx, action, None, e.into()).await);
+    }
+    let mut deleted = Vec::new();
+    for address in state.inner.tokens.list_project(project).await? {
+        let allowed = state
+            .inner
+            .access
+            .authorize(&caller.principal, action, &address)
+            .await;
+        match allowed {
+            Ok(()) => {}
+            Err(vault_access_resolver::Error::Forbidden { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        match state.inner.tokens.delete(&caller.ctx, &address).await {
+            Ok(outcome) => deleted.push(DeleteBody::from(outcome)),
+            // Deleted concurrently: nothing left to report.
+            Err(vault_token_manager::Error::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if deleted.is_empty() {
+        let err = ApiError::new(
+            ErrorKind::NotFound,
+            "not_found",
+            format!("no secret of project {project} that this engine may delete"),
+        );
+        return Err(refuse(&state, &caller.ctx, action, None, err).await);
+    }
+    Ok(HttpResponse::Ok().json(DeleteProjectBody {
+        project: project.to_owned(),
+        deleted,
+    }))
+}
+
+/// A query that must be empty.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyQuery {}
 
 /// `GET /healthz`: no auth; 503 when storage cannot answer.
 pub(crate) async fn health(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {

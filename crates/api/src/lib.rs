@@ -6,8 +6,11 @@
 //! | route | method | what |
 //! |---|---|---|
 //! | `/vault/store` | POST | store (create or replace) a token; answers metadata only |
-//! | `/vault/token/{project}/{platform}` | GET | a valid access token (`?env=`, `?scopes=a,b`) |
-//! | `/vault/delete/{project}/{platform}` | DELETE | delete the secret (`?env=`) |
+//! | `/vault/token/{project}/{platform}` | GET | a valid access token (`?env=`, `?scopes=a,b`, `?force_refresh=true`) |
+//! | `/vault/refresh/{project}/{platform}` | POST | refresh now and answer the new token (`?env=`) |
+//! | `/vault/status/{project}/{platform}` | GET | status and metadata, never a token (`?env=`) |
+//! | `/vault/delete/{project}/{platform}` | DELETE | revoke at the provider and delete (`?env=`) |
+//! | `/vault/delete/{project}` | DELETE | the same for every secret of the project the caller may delete |
 //! | `/healthz` | GET | liveness and storage health, no auth |
 //!
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a
@@ -95,8 +98,23 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .default_service(web::to(handlers::method_not_allowed)),
             )
             .service(
+                web::resource("/vault/refresh/{project}/{platform}")
+                    .route(web::post().to(handlers::refresh))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .service(
+                web::resource("/vault/status/{project}/{platform}")
+                    .route(web::get().to(handlers::status))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .service(
                 web::resource("/vault/delete/{project}/{platform}")
                     .route(web::delete().to(handlers::delete))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .service(
+                web::resource("/vault/delete/{project}")
+                    .route(web::delete().to(handlers::delete_project))
                     .default_service(web::to(handlers::method_not_allowed)),
             )
             .default_service(web::to(handlers::route_not_found));

@@ -57,7 +57,9 @@ async fn oversized_bodies_are_413() {
     assert_error(app.store(&body).await, 413, "payload_too_large").await;
     // Also without a Content-Length (chunked).
     let big = serde_json::to_vec(&body).unwrap();
-    let stream = futures_stream(big);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(8192).map(|c| Ok(c.to_vec())).collect();
+    let stream = futures_util::stream::iter(chunks);
     let res = app
         .as_engine(reqwest::Method::POST, "/vault/store", INTEGRATION)
         .header("content-type", "application/json")
@@ -66,31 +68,6 @@ async fn oversized_bodies_are_413() {
         .await
         .unwrap();
     assert_error(res, 413, "payload_too_large").await;
-}
-
-fn futures_stream(
-    bytes: Vec<u8>,
-) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        bytes.chunks(8192).map(|c| Ok(c.to_vec())).collect();
-    tokio_stream_iter(chunks)
-}
-
-fn tokio_stream_iter<T: Send + 'static>(
-    items: Vec<T>,
-) -> impl futures_core::Stream<Item = T> + Send + 'static {
-    struct Iter<T>(std::vec::IntoIter<T>);
-    impl<T> Unpin for Iter<T> {}
-    impl<T> futures_core::Stream for Iter<T> {
-        type Item = T;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<T>> {
-            std::task::Poll::Ready(self.0.next())
-        }
-    }
-    Iter(items.into_iter())
 }
 
 #[actix_web::test]

@@ -48,7 +48,8 @@ pub async fn spawn_app() -> TestApp {
 /// directory; `extra` is TOML put before the `[server]` table.
 pub async fn spawn_app_with(extra: &str) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml(&config_toml(dir.path(), extra)).unwrap();
+    let extra = extra.replace("{dir}", &dir.path().display().to_string());
+    let config = Config::from_toml(&config_toml(dir.path(), &extra)).unwrap();
     let clock = Arc::new(ManualClock::new(datetime!(2026-03-01 12:00 UTC)));
     let app = Application::build_with_clock(&config, Arc::clone(&clock) as Arc<dyn Clock>)
         .await
@@ -152,4 +153,47 @@ pub async fn assert_error(res: reqwest::Response, status: u16, code: &str) -> St
     assert_eq!(obj.len(), 1, "only the error object: {body}");
     assert_eq!(body["error"].as_object().unwrap().len(), 2, "{body}");
     body["error"]["message"].as_str().unwrap().to_owned()
+}
+
+/// TOML for providers `acme` (generic OAuth 2.0) and `slack` (built-in)
+/// pointing at `fake`, with the background refresher off (tests move the
+/// clock and drive refreshes through requests).
+pub fn providers_toml(
+    fake: &vault_test_support::FakeProvider,
+    dir_secret: &std::path::Path,
+) -> String {
+    std::fs::write(dir_secret, vault_test_support::CLIENT_SECRET).unwrap();
+    format!(
+        r#"
+[providers.acme]
+kind = "oauth2"
+token_url = "{token}"
+revoke_url = "{revoke}"
+client_id = "{id}"
+client_secret_file = "{secret}"
+[providers.slack]
+token_url = "{slack_token}"
+revoke_url = "{slack_revoke}"
+client_id = "{id}"
+client_secret_file = "{secret}"
+[refresh]
+background = false
+"#,
+        token = fake.url("/token"),
+        revoke = fake.url("/revoke"),
+        slack_token = fake.url("/slack/oauth.v2.access"),
+        slack_revoke = fake.url("/slack/auth.revoke"),
+        id = vault_test_support::CLIENT_ID,
+        secret = dir_secret.display(),
+    )
+}
+
+/// An app with the fake provider configured; the client secret file lives
+/// in a directory of its own.
+pub async fn spawn_app_with_provider(
+    fake: &vault_test_support::FakeProvider,
+) -> (TestApp, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let toml = providers_toml(fake, &secrets.path().join("client.secret"));
+    (spawn_app_with(&toml).await, secrets)
 }

@@ -13,4 +13,5 @@ mod delete;
 mod errors;
 mod fetch;
 mod helpers;
+mod refresh;
 mod store;

@@ -1,0 +1,251 @@
+use reqwest::Method;
+use serde_json::{Value, json};
+use vault_test_support::{FakeProvider, Mode};
+
+use crate::helpers::*;
+
+fn acme_body(expires_in: u64) -> Value {
+    json!({
+        "project_id": "pf_203",
+        "platform": "acme",
+        "token_data": {
+            "access_token": "at-original",
+            "refresh_token": "rt-original",
+            "expires_in": expires_in,
+            "scopes": ["chat:write"]
+        }
+    })
+}
+
+#[actix_web::test]
+async fn two_hundred_concurrent_gets_of_an_expired_token_make_one_provider_call() {
+    let fake = FakeProvider::start();
+    fake.set_delay(std::time::Duration::from_millis(100));
+    let (app, _secrets) = spawn_app_with_provider(&fake).await;
+    assert_eq!(app.store(&acme_body(3600)).await.status().as_u16(), 201);
+    app.clock.advance(time::Duration::seconds(3601));
+    let mut requests = Vec::new();
+    for _ in 0..200 {
+        requests.push(app.get("/vault/token/pf_203/acme"));
+    }
+    let responses = futures_util::future::join_all(requests).await;
+    for res in responses {
+        assert_eq!(res.status().as_u16(), 200);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["access_token"], "at-refreshed-1");
+        assert_eq!(body["version"], 2);
+    }
+    assert_eq!(fake.refresh_calls(), 1);
+}
+
+#[actix_web::test]
+async fn status_shows_refresh_state_without_tokens() {
+    let fake = FakeProvider::start();
+    let (app, _secrets) = spawn_app_with_provider(&fake).await;
+    app.store(&acme_body(3600)).await;
+    app.clock.advance(time::Duration::seconds(3600));
+    app.get("/vault/token/pf_203/acme").await;
+    let res = app.get("/vault/status/pf_203/acme").await;
+    assert_eq!(res.status().as_u16(), 200);
+    let text = res.text().await.unwrap();
+    assert!(!text.contains("at-") && !text.contains("rt-"), "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["status"], "active");
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["last_refresh_at"], body["stored_at"]);
+    assert_eq!(body["last_error"], Value::Null);
+    assert_error(
+        app.get("/vault/status/pf_203/nothing").await,
+        404,
+        "not_found",
+    )
+    .await;
+    // Status needs the read grant.
+    let res = app
+        .as_engine(Method::GET, "/vault/status/pf_203/acme", INTEGRATION)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 403, "forbidden").await;
+}
+
+#[actix_web::test]
+async fn forced_refresh_by_post_and_by_query() {
+    let fake = FakeProvider::start();
+    let (app, _secrets) = spawn_app_with_provider(&fake).await;
+    app.store(&acme_body(3600)).await;
+    let res = app
+        .as_engine(Method::POST, "/vault/refresh/pf_203/acme", EXECUTION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["access_token"], "at-refreshed-1");
+    // Within the cooldown the fresh token comes back without a provider call.
+    let body: Value = app
+        .get("/vault/token/pf_203/acme?force_refresh=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["access_token"], "at-refreshed-1");
+    assert_eq!(fake.refresh_calls(), 1);
+    app.clock.advance(time::Duration::seconds(11));
+    let body: Value = app
+        .get("/vault/token/pf_203/acme?force_refresh=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["access_token"], "at-refreshed-2");
+    // A failing provider: the retry storm is cut off by the backoff (429).
+    fake.set_mode(Mode::Status(500));
+    app.clock.advance(time::Duration::seconds(11));
+    let res = app
+        .as_engine(Method::POST, "/vault/refresh/pf_203/acme", EXECUTION)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 503, "refresh_failed").await;
+    for _ in 0..5 {
+        let res = app
+            .as_engine(Method::POST, "/vault/refresh/pf_203/acme", EXECUTION)
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 429, "refresh_rate_limited").await;
+    }
+    assert_eq!(fake.refresh_calls(), 3);
+    // Manual tokens cannot be refreshed.
+    app.store(&slack_body()).await;
+    let mut manual = acme_body(3600);
+    manual["platform"] = json!("zendesk");
+    app.store(&manual).await;
+    let res = app
+        .as_engine(Method::POST, "/vault/refresh/pf_203/zendesk", EXECUTION)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "not_refreshable").await;
+}
+
+#[actix_web::test]
+async fn a_dead_grant_is_409_reauth_required_naming_the_platform() {
+    let fake = FakeProvider::start();
+    let (app, _secrets) = spawn_app_with_provider(&fake).await;
+    app.store(&slack_body()).await;
+    fake.set_mode(Mode::InvalidGrant);
+    app.clock.advance(time::Duration::seconds(3600));
+    let msg = assert_error(
+        app.get("/vault/token/pf_203/slack").await,
+        409,
+        "reauth_required",
+    )
+    .await;
+    assert!(msg.contains("slack"), "{msg}");
+    let status: Value = app
+        .get("/vault/status/pf_203/slack")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "reauth_required");
+    assert_eq!(status["last_error"], "invalid_grant");
+}
+
+#[actix_web::test]
+async fn expired_while_the_provider_is_down_is_503_naming_the_platform() {
+    let fake = FakeProvider::start();
+    let (app, _secrets) = spawn_app_with_provider(&fake).await;
+    app.store(&acme_body(60)).await;
+    fake.set_mode(Mode::Status(502));
+    app.clock.advance(time::Duration::seconds(60));
+    let msg = assert_error(
+        app.get("/vault/token/pf_203/acme").await,
+        503,
+        "refresh_failed",
+    )
+    .await;
+    assert!(
+        msg.contains("acme") && msg.contains("server_error"),
+        "{msg}"
+    );
+}
+
+#[actix_web::test]
+async fn delete_reports_revocation_per_token() {
+    let fake = FakeProvider::start();
+    let (app, _secrets) = spawn_app_with_provider(&fake).await;
+    app.store(&acme_body(3600)).await;
+    let body: Value = app
+        .delete("/vault/delete/pf_203/acme")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["revocation"],
+        json!([
+            {"token": "access_token", "outcome": "revoked"},
+            {"token": "refresh_token", "outcome": "revoked"}
+        ])
+    );
+    assert_eq!(fake.revoked().len(), 2);
+    // The provider fails: reported, and the secret is gone anyway.
+    app.store(&acme_body(3600)).await;
+    fake.set_mode(Mode::Status(500));
+    let res = app.delete("/vault/delete/pf_203/acme").await;
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["revocation"][0]["outcome"], "failed");
+    assert_eq!(body["revocation"][0]["error"], "server_error");
+    assert_error(app.get("/vault/token/pf_203/acme").await, 404, "not_found").await;
+}
+
+#[actix_web::test]
+async fn cleanup_deletes_a_whole_project_it_may_delete() {
+    let fake = FakeProvider::start();
+    let (app, _secrets) = spawn_app_with_provider(&fake).await;
+    for (env, platform) in [("prod", "acme"), ("prod", "slack"), ("dev", "stripe")] {
+        let mut b = acme_body(3600);
+        b["platform"] = json!(platform);
+        b["environment"] = json!(env);
+        assert_eq!(app.store(&b).await.status().as_u16(), 201);
+    }
+    let mut other = acme_body(3600);
+    other["project_id"] = json!("pf_999");
+    app.store(&other).await;
+
+    let res = app.delete("/vault/delete/pf_203").await;
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["project"], "pf_203");
+    let deleted = body["deleted"].as_array().unwrap();
+    let names: Vec<_> = deleted
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["environment"].as_str().unwrap(),
+                d["platform"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(names, ["dev/stripe", "prod/acme", "prod/slack"]);
+    assert_eq!(deleted[1]["revocation"][0]["outcome"], "revoked");
+    assert_eq!(deleted[0]["revocation"][0]["outcome"], "not_supported");
+    // The other project is untouched; nothing is left to delete here.
+    assert_eq!(
+        app.get("/vault/token/pf_999/acme").await.status().as_u16(),
+        200
+    );
+    assert_error(app.delete("/vault/delete/pf_203").await, 404, "not_found").await;
+    // An engine without a delete grant finds nothing it may delete.
+    let res = app
+        .as_engine(Method::DELETE, "/vault/delete/pf_999", EXECUTION)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 404, "not_found").await;
+}

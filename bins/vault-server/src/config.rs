@@ -593,6 +593,13 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_configuration_is_valid() {
+        let c = Config::from_toml(include_str!("../../../examples/vault.toml")).unwrap();
+        assert_eq!(c.server.bind, "127.0.0.1:8200");
+        assert_eq!(c.refresh.concurrency, 32);
+    }
+
+    #[test]
     fn providers_merge_over_builtins() {
         let c = Config::from_toml(
             r#"

@@ -599,6 +599,8 @@ impl TokenManager {
             scopes: token.scopes,
             version: stored.version,
             status: stored.meta.status,
+            last_refresh_at: stored.meta.refresh.last_refresh_at,
+            last_error: stored.meta.refresh.last_error,
         })
     }
 

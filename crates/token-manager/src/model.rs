@@ -147,6 +147,10 @@ pub struct IssuedToken {
     /// Life-cycle state of the secret (`refresh_failing` while a valid
     /// token is served but refreshes fail).
     pub status: SecretStatus,
+    /// When the vault last refreshed it.
+    pub last_refresh_at: Option<OffsetDateTime>,
+    /// Kind of the last refresh failure, if the last attempt failed.
+    pub last_error: Option<String>,
 }
 
 /// What a delete did.

@@ -44,7 +44,15 @@ async fn status_shows_refresh_state_without_tokens() {
     let (app, _secrets) = spawn_app_with_provider(&fake).await;
     app.store(&acme_body(3600)).await;
     app.clock.advance(time::Duration::seconds(3600));
-    app.get("/vault/token/pf_203/acme").await;
+    let token: Value = app
+        .get("/vault/token/pf_203/acme")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(token["status"], "active");
+    assert!(token["last_refresh_at"].is_string(), "{token}");
+    assert_eq!(token["last_error"], Value::Null);
     let res = app.get("/vault/status/pf_203/acme").await;
     assert_eq!(res.status().as_u16(), 200);
     let text = res.text().await.unwrap();

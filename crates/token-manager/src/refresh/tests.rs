@@ -39,6 +39,12 @@ fn configs(p: &FakeProvider) -> Vec<ProviderConfig> {
     notion.token_url = Some(p.url("/token"));
     notion.revoke_url = Some(p.url("/revoke"));
     let acme = ProviderDefinition::generic("acme", Some(p.url("/token")), Some(p.url("/revoke")));
+    // Nothing listens on port 1: every call is a connection error.
+    let down = ProviderDefinition::generic("down", Some("http://127.0.0.1:1/token".into()), None);
+    // Slack's definition at an RFC-style endpoint: HTTP 400 invalid_grant.
+    let mut slack400 = ProviderDefinition::builtin("slack").unwrap();
+    slack400.name = "slack400".into();
+    slack400.token_url = Some(p.url("/token"));
     let mut body_auth = ProviderDefinition::generic("bodyauth", Some(p.url("/token")), None);
     body_auth.client_auth = ClientAuth::Body;
     vec![
@@ -47,6 +53,8 @@ fn configs(p: &FakeProvider) -> Vec<ProviderConfig> {
         creds(notion),
         creds(acme),
         creds(body_auth),
+        creds(down),
+        creds(slack400),
         creds(ProviderDefinition::builtin("stripe").unwrap()),
     ]
 }
@@ -616,4 +624,42 @@ async fn notifications_are_signed_delivered_and_retried() {
     );
     assert!(body.contains("secret.reauth_required"));
     assert!(!body.contains("original"), "no token in a notification");
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_is_a_connect_failure() {
+    let f = fixture().await;
+    f.store("down", Some(60)).await;
+    f.clock.advance(Duration::seconds(60));
+    let err = f.fetch("down").await.unwrap_err();
+    assert!(
+        matches!(err, Error::RefreshFailed { ref kind, .. } if kind == "connect"),
+        "{err:?}"
+    );
+    assert_eq!(
+        f.stored("down").await.meta.status,
+        SecretStatus::RefreshFailing
+    );
+}
+
+#[tokio::test]
+async fn slack_invalid_grant_over_http_400_is_handled_too() {
+    let f = fixture().await;
+    f.store("slack400", Some(60)).await;
+    f.provider.set_mode(Mode::InvalidGrant);
+    f.clock.advance(Duration::seconds(60));
+    let err = f.fetch("slack400").await.unwrap_err();
+    assert!(matches!(err, Error::ReauthRequired { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn reads_show_the_refresh_state() {
+    let f = fixture().await;
+    f.store("acme", Some(60)).await;
+    let t = f.fetch("acme").await.unwrap();
+    assert_eq!((t.last_refresh_at, t.last_error.as_deref()), (None, None));
+    f.clock.advance(Duration::seconds(60));
+    let t = f.fetch("acme").await.unwrap();
+    assert_eq!(t.last_refresh_at, Some(f.tokens.now()));
+    assert_eq!(t.status, SecretStatus::Active);
 }

@@ -31,6 +31,38 @@ pub enum Command {
     /// Read an engine token on standard input and print its hex SHA-256,
     /// the value for `token_sha256` in `[[engines]]`.
     HashToken,
+    /// Manage engines kept in the database (their tokens are stored as
+    /// hashes only; a running vault sees changes within
+    /// access.engine_reload_secs).
+    #[command(subcommand)]
+    Engine(EngineCommand),
+}
+
+/// `vault-server engine …`.
+#[derive(Debug, Subcommand)]
+pub enum EngineCommand {
+    /// Add an engine with a new random token, printed once on stdout.
+    Add {
+        /// Engine id (X-Engine-Id).
+        id: String,
+        /// A grant, ACTIONS:ENVIRONMENTS:PROJECTS:PLATFORMS, e.g. read:prod:*:*
+        /// (repeatable).
+        #[arg(long = "grant", required = true)]
+        grants: Vec<String>,
+    },
+    /// List managed engines (never their tokens).
+    List,
+    /// Revoke an engine: its token stops working.
+    Revoke {
+        /// Engine id.
+        id: String,
+    },
+    /// Give an engine a new token, printed once on stdout; the old one
+    /// stops working.
+    Rotate {
+        /// Engine id.
+        id: String,
+    },
 }
 
 /// Runs the command line; the process exit code.
@@ -39,6 +71,7 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config),
         Command::HashToken => hash_token(),
+        Command::Engine(cmd) => crate::engines::run(cli.config.as_deref(), cmd),
     }
 }
 

@@ -53,6 +53,81 @@ pub struct Config {
     /// Notifications to the Integration Manager.
     #[serde(default)]
     pub notifications: Option<NotificationsConfig>,
+    /// Who may call the vault: resolver choice and abuse limits.
+    #[serde(default)]
+    pub access: AccessConfig,
+}
+
+/// Which access resolver decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolverKind {
+    /// Engines from `[[engines]]` and `vault-server engine …` (the default).
+    Local,
+    /// The Engine Control Core decides every request.
+    Ecc,
+    /// Local engines first; engines unknown locally are asked of the core.
+    Chain,
+}
+
+/// `[access]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// `local`, `ecc` or `chain`.
+    #[serde(default = "default_resolver")]
+    pub resolver: ResolverKind,
+    /// Managed engines are re-read at most this often: a revoked or
+    /// rotated engine token stops working within this many seconds.
+    #[serde(default = "default_engine_reload")]
+    pub engine_reload_secs: u64,
+    /// The Engine Control Core, for `ecc` and `chain`.
+    #[serde(default)]
+    pub ecc: Option<EccSettings>,
+    /// Failed authentications from one engine id or one address before
+    /// both are locked out.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// How long a lockout lasts, and the window failures are counted in.
+    #[serde(default = "default_lockout")]
+    pub lockout_secs: u64,
+    /// Requests per second one engine may make (0: unlimited).
+    #[serde(default)]
+    pub engine_rate_per_sec: u32,
+    /// Burst above the rate.
+    #[serde(default = "default_burst")]
+    pub engine_burst: u32,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            resolver: default_resolver(),
+            engine_reload_secs: default_engine_reload(),
+            ecc: None,
+            max_failures: default_max_failures(),
+            lockout_secs: default_lockout(),
+            engine_rate_per_sec: 0,
+            engine_burst: default_burst(),
+        }
+    }
+}
+
+/// `[access.ecc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EccSettings {
+    /// Where decisions are asked (the contract is in docs/access-control.md).
+    pub url: String,
+    /// Timeout of one call, in milliseconds.
+    #[serde(default = "default_ecc_timeout")]
+    pub timeout_ms: u64,
+    /// Longest time a decision is cached (never longer than the core's TTL).
+    #[serde(default = "default_ecc_cache")]
+    pub cache_ttl_secs: u64,
+    /// Environment variable holding an `Authorization` header value for the core.
+    #[serde(default)]
+    pub authorization_env: Option<String>,
 }
 
 /// `[providers.NAME]`: a provider's client credentials and, for other than
@@ -124,9 +199,7 @@ impl ProviderEntry {
             return Err(invalid("token_url is required for kind = \"oauth2\""));
         }
         for url in [&def.token_url, &def.revoke_url].into_iter().flatten() {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(invalid("URLs must start with https:// or http://"));
-            }
+            check_url(&format!("providers.{name} URL"), url)?;
         }
         if def.kind == AuthKind::Oauth2 && self.client_id.is_none() {
             return Err(invalid("client_id is required to refresh tokens"));
@@ -400,6 +473,27 @@ fn default_log_level() -> String {
 fn yes() -> bool {
     true
 }
+fn default_resolver() -> ResolverKind {
+    ResolverKind::Local
+}
+fn default_engine_reload() -> u64 {
+    5
+}
+fn default_max_failures() -> u32 {
+    5
+}
+fn default_lockout() -> u64 {
+    900
+}
+fn default_burst() -> u32 {
+    50
+}
+fn default_ecc_timeout() -> u64 {
+    2000
+}
+fn default_ecc_cache() -> u64 {
+    30
+}
 fn default_refresh_interval() -> u64 {
     5000
 }
@@ -495,22 +589,52 @@ impl Config {
                     .into(),
             ));
         }
+        if r.backoff_base_secs == 0
+            || r.backoff_max_secs < r.backoff_base_secs
+            || r.backoff_max_secs > 86_400
+            || r.max_jitter_ms > 60_000
+            || r.margin_secs > 86_400
+            || r.force_cooldown_secs > 86_400
+            || r.http_timeout_secs > 300
+        {
+            return Err(ConfigError::Invalid(
+                "refresh: need 1 <= backoff_base_secs <= backoff_max_secs <= 86400, \
+                 max_jitter_ms <= 60000, margin_secs and force_cooldown_secs <= 86400, \
+                 http_timeout_secs <= 300"
+                    .into(),
+            ));
+        }
         if !(0.0..=1.0).contains(&r.margin_ratio) {
             return Err(ConfigError::Invalid(
                 "refresh.margin_ratio must be between 0 and 1".into(),
             ));
         }
         if let Some(n) = &self.notifications {
-            if !(n.url.starts_with("https://") || n.url.starts_with("http://")) {
-                return Err(ConfigError::Invalid(
-                    "notifications.url must start with https:// or http://".into(),
-                ));
-            }
+            check_url("notifications.url", &n.url)?;
             if n.secret_env.is_some() == n.secret_file.is_some() {
                 return Err(ConfigError::Invalid(
                     "notifications: give exactly one of secret_env and secret_file".into(),
                 ));
             }
+        }
+        let a = &self.access;
+        if a.resolver != ResolverKind::Local && a.ecc.is_none() {
+            return Err(ConfigError::Invalid(
+                "access.resolver = \"ecc\" or \"chain\" needs [access.ecc] url".into(),
+            ));
+        }
+        if let Some(ecc) = &a.ecc {
+            check_url("access.ecc.url", &ecc.url)?;
+            if ecc.timeout_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "access.ecc.timeout_ms must be positive".into(),
+                ));
+            }
+        }
+        if a.max_failures == 0 || a.lockout_secs == 0 || a.engine_reload_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "access: max_failures, lockout_secs and engine_reload_secs must be positive".into(),
+            ));
         }
         for engine in &self.engines {
             for grant in &engine.grants {
@@ -541,6 +665,35 @@ impl Config {
     /// Where the development engine's token is written.
     pub fn dev_token_file(&self) -> PathBuf {
         self.data_dir.join("dev-engine.token")
+    }
+}
+
+/// Checks that `url` is HTTPS, or plain HTTP to a loopback host only:
+/// credentials never cross a network unencrypted.
+pub(crate) fn check_url(what: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    let loopback = url
+        .strip_prefix("http://")
+        .map(|rest| rest.split(['/', '?']).next().unwrap_or(""))
+        .map(|host_port| {
+            let host = match host_port.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(""),
+                None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+            };
+            host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+        .unwrap_or(false);
+    if loopback {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{what} must be https:// (plain http:// is allowed to loopback only)"
+        )))
     }
 }
 
@@ -590,6 +743,26 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.engines[0].grants.len(), 2);
         assert_eq!(c.database_path(), PathBuf::from("/data/v.db"));
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        for ok in [
+            "https://x.example/a",
+            "http://127.0.0.1:8080/t",
+            "http://localhost/t",
+            "http://[::1]:9/t",
+        ] {
+            assert!(check_url("u", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1/t",
+            "http://x.example",
+            "ftp://127.0.0.1/",
+            "http://127.0.0.1.evil/",
+        ] {
+            assert!(check_url("u", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -650,6 +823,12 @@ mod tests {
             "[providers.slack]\nclient_id = \"x\"\nsurprise = 1",
             "[refresh]\nmargin_ratio = 2.0",
             "[notifications]\nurl = \"http://x\"",
+            "[notifications]\nurl = \"http://example.com/hook\"\nsecret_env = \"X\"",
+            "[providers.acme]\nkind = \"oauth2\"\ntoken_url = \"http://auth.example/t\"\nclient_id = \"x\"",
+            "[refresh]\nbackoff_base_secs = 0",
+            "[refresh]\nmax_jitter_ms = 18446744073709551615",
+            "[access]\nresolver = \"ecc\"",
+            "[access.ecc]\nurl = \"http://ecc.internal/v1\"",
         ] {
             assert!(
                 Config::from_toml(bad).is_err(),

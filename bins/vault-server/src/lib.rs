@@ -23,5 +23,6 @@
 
 pub mod cli;
 pub mod config;
+pub mod engines;
 pub mod startup;
 pub mod telemetry;

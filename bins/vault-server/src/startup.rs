@@ -10,8 +10,11 @@ use std::sync::Arc;
 use actix_web::dev::{Server, ServerHandle};
 use ring::rand::{SecureRandom, SystemRandom};
 use std::time::Duration;
-use vault_access_resolver::{AccessResolver, ConfigResolver, EngineConfig, token_sha256_hex};
-use vault_api::ApiState;
+use vault_access_resolver::{
+    AccessResolver, ChainResolver, ConfigResolver, EccConfig, EccResolver, EngineConfig,
+    EngineSource, token_sha256_hex,
+};
+use vault_api::{AccessLimits, ApiState};
 use vault_encryption_layer::{Envelope, KeyProvider, LocalKeyProvider};
 use vault_secret_store::{SecretStore, SqliteStore};
 
@@ -19,7 +22,7 @@ use vault_token_manager::provider::{ProviderConfig, ProviderRegistry};
 use vault_token_manager::{NotifierConfig, RefreshPolicy, RefresherConfig, TokenManager};
 use vault_types::{Clock, Secret, SystemClock};
 
-use crate::config::{Config, KeyProviderKind, StorageBackend};
+use crate::config::{Config, KeyProviderKind, ResolverKind, StorageBackend};
 
 /// Why the server could not start. Each names what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -173,8 +176,78 @@ fn dev_engine_token(path: &Path) -> Result<String, StartupError> {
     Ok(token)
 }
 
-fn resolver(config: &Config) -> Result<Arc<dyn AccessResolver>, StartupError> {
-    let engines = if config.engines.is_empty() {
+/// The managed engines in the database, as the access resolver sees them.
+#[derive(Debug)]
+pub struct DbEngines {
+    store: Arc<dyn SecretStore>,
+}
+
+impl DbEngines {
+    /// Engines kept in `store`.
+    pub fn new(store: Arc<dyn SecretStore>) -> Self {
+        Self { store }
+    }
+}
+
+#[async_trait::async_trait]
+impl EngineSource for DbEngines {
+    async fn engines(&self) -> vault_access_resolver::Result<Vec<EngineConfig>> {
+        let records =
+            self.store.list_engines().await.map_err(|e| {
+                vault_access_resolver::Error::Unavailable(format!("engine list: {e}"))
+            })?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records.into_iter().filter(|r| r.revoked_at.is_none()) {
+            let grants = r
+                .grants
+                .iter()
+                .map(|g| g.parse())
+                .collect::<Result<Vec<_>, _>>();
+            match grants {
+                Ok(grants) => out.push(EngineConfig {
+                    id: r.id,
+                    token_sha256: r.token_sha256,
+                    grants,
+                }),
+                Err(e) => {
+                    tracing::error!(engine = %r.id, error = %e, "managed engine has an invalid grant; ignored")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn configured_engines(config: &Config) -> Result<Vec<EngineConfig>, StartupError> {
+    config
+        .engines
+        .iter()
+        .map(|e| {
+            let grants = e
+                .grants
+                .iter()
+                .map(|g| g.to_grant())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| {
+                    vault_access_resolver::Error::InvalidConfig(format!("engine {}: {err}", e.id))
+                })?;
+            Ok(EngineConfig {
+                id: e.id.clone(),
+                token_sha256: e.token_sha256.clone(),
+                grants,
+            })
+        })
+        .collect()
+}
+
+async fn resolver(
+    config: &Config,
+    store: &Arc<dyn SecretStore>,
+) -> Result<Arc<dyn AccessResolver>, StartupError> {
+    let mut engines = configured_engines(config)?;
+    let managed = store.list_engines().await?;
+    let any_managed = managed.iter().any(|e| e.revoked_at.is_none());
+    if engines.is_empty() && !any_managed && config.access.resolver == ResolverKind::Local {
         let path = config.dev_token_file();
         let token = dev_engine_token(&path)?;
         tracing::warn!(
@@ -182,7 +255,7 @@ fn resolver(config: &Config) -> Result<Arc<dyn AccessResolver>, StartupError> {
             "no engines are configured: DEVELOPMENT SETUP with engine `dev` holding every grant; \
              its token is in the token file. Configure [[engines]] before storing real credentials"
         );
-        vec![EngineConfig {
+        engines.push(EngineConfig {
             id: "dev".into(),
             token_sha256: token_sha256_hex(&token),
             grants: vec![
@@ -190,32 +263,38 @@ fn resolver(config: &Config) -> Result<Arc<dyn AccessResolver>, StartupError> {
                     .parse()
                     .map_err(|e| vault_access_resolver::Error::InvalidConfig(format!("{e}")))?,
             ],
-        }]
-    } else {
-        config
-            .engines
-            .iter()
-            .map(|e| {
-                let grants = e
-                    .grants
-                    .iter()
-                    .map(|g| g.to_grant())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|err| {
-                        vault_access_resolver::Error::InvalidConfig(format!(
-                            "engine {}: {err}",
-                            e.id
-                        ))
-                    })?;
-                Ok(EngineConfig {
-                    id: e.id.clone(),
-                    token_sha256: e.token_sha256.clone(),
-                    grants,
-                })
-            })
-            .collect::<Result<Vec<_>, vault_access_resolver::Error>>()?
+        });
+    }
+    let local = Arc::new(
+        ConfigResolver::with_source(
+            engines,
+            Arc::new(DbEngines::new(Arc::clone(store))),
+            Duration::from_secs(config.access.engine_reload_secs),
+        )
+        .await?,
+    );
+    let ecc = match &config.access.ecc {
+        Some(e) => {
+            let authorization = match &e.authorization_env {
+                Some(var) => read_secret("access.ecc authorization", Some(var), None)?,
+                None => None,
+            };
+            Some(Arc::new(EccResolver::new(EccConfig {
+                url: e.url.clone(),
+                timeout: Duration::from_millis(e.timeout_ms),
+                cache_ttl: Duration::from_secs(e.cache_ttl_secs),
+                authorization,
+            })?))
+        }
+        None => None,
     };
-    Ok(Arc::new(ConfigResolver::new(engines)?))
+    let resolver: Arc<dyn AccessResolver> = match (config.access.resolver, ecc) {
+        (ResolverKind::Ecc, Some(ecc)) => ecc,
+        (ResolverKind::Chain, Some(ecc)) => Arc::new(ChainResolver::new(local, ecc)),
+        _ => local,
+    };
+    tracing::info!(resolver = ?config.access.resolver, "access resolver ready");
+    Ok(resolver)
 }
 
 /// Reads a secret named by an environment variable or a file.
@@ -297,7 +376,7 @@ impl Application {
         let store = open_store(config).await?;
         let in_use = store.key_ids_in_use().await?;
         let keys = load_keys(config, &in_use)?;
-        let access = resolver(config)?;
+        let access = resolver(config, &store).await?;
         let notifier = match &config.notifications {
             Some(n) => {
                 let secret = read_secret(
@@ -331,10 +410,24 @@ impl Application {
             }));
         }
         if let Some(n) = notifier {
-            tracing::info!(url = %n.url, "notifications enabled");
+            // The URL may carry a secret in its path or query: log the host only.
+            let host = n.url.split('/').nth(2).unwrap_or("?").to_owned();
+            tracing::info!(host = %host, "notifications enabled");
             actix_web::rt::spawn(tokens.clone().run_notifier(n));
         }
-        let state = ApiState::new(tokens, access, config.vault.default_environment.clone());
+        let a = &config.access;
+        let limits = AccessLimits {
+            max_failures: a.max_failures,
+            lockout: Duration::from_secs(a.lockout_secs),
+            engine_rate_per_sec: a.engine_rate_per_sec,
+            engine_burst: a.engine_burst,
+        };
+        let state = ApiState::with_limits(
+            tokens,
+            access,
+            config.vault.default_environment.clone(),
+            limits,
+        );
 
         let listener = TcpListener::bind(&config.server.bind)
             .map_err(io(format!("binding {}", config.server.bind)))?;

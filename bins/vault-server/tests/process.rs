@@ -518,3 +518,81 @@ fn a_dead_grant_is_announced_by_a_signed_webhook() {
     let res = get(&s, &token, "/vault/token/pf_1/acme");
     assert_eq!(res.status().as_u16(), 409);
 }
+
+fn engine_cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .current_dir(dir)
+        .env_remove("VAULT_CONFIG")
+        .arg("engine")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn get_as(s: &Server, id: &str, token: &str, path: &str) -> u16 {
+    client()
+        .get(format!("{}{path}", s.base))
+        .header("X-Engine-Id", id)
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn engines_are_managed_from_the_command_line_while_the_vault_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let envs = [
+        ("VAULT__ACCESS__ENGINE_RELOAD_SECS", "1"),
+        ("VAULT__ACCESS__MAX_FAILURES", "1000"),
+    ];
+    let s = start(dir.path(), &envs).unwrap();
+    let path = "/vault/token/pf_1/slack";
+
+    let (ok, token, stderr) = engine_cli(dir.path(), &["add", "ops", "--grant", "read:prod:*:*"]);
+    assert!(ok, "{stderr}");
+    let token = token.trim().to_owned();
+    assert_eq!(token.len(), 64, "256-bit token, alone on stdout");
+    assert!(stderr.contains("added engine ops"));
+    assert!(!stderr.contains(&token));
+    wait_until("the new engine", || get_as(&s, "ops", &token, path) == 404);
+
+    let (ok, list, _) = engine_cli(dir.path(), &["list"]);
+    assert!(ok);
+    assert!(list.contains("ops\tactive\tread:prod:*:*"), "{list}");
+    assert!(!list.contains(&token));
+
+    let (ok, rotated, _) = engine_cli(dir.path(), &["rotate", "ops"]);
+    assert!(ok);
+    let rotated = rotated.trim().to_owned();
+    assert_ne!(rotated, token);
+    wait_until("the old token to stop working", || {
+        get_as(&s, "ops", &token, path) == 401
+    });
+    assert_eq!(get_as(&s, "ops", &rotated, path), 404);
+
+    let (ok, _, _) = engine_cli(dir.path(), &["revoke", "ops"]);
+    assert!(ok);
+    wait_until("the revocation", || {
+        get_as(&s, "ops", &rotated, path) == 401
+    });
+    let (_, list, _) = engine_cli(dir.path(), &["list"]);
+    assert!(list.contains("ops\trevoked"), "{list}");
+
+    // Bad input is refused with a message and changes nothing.
+    let (ok, _, stderr) = engine_cli(dir.path(), &["add", "bad id", "--grant", "read:*:*:*"]);
+    assert!(!ok && stderr.contains("engine id"), "{stderr}");
+    let (ok, _, stderr) = engine_cli(dir.path(), &["add", "x", "--grant", "fly:*:*:*"]);
+    assert!(!ok && stderr.contains("unknown action"), "{stderr}");
+    let (ok, _, stderr) = engine_cli(dir.path(), &["rotate", "nobody"]);
+    assert!(!ok && stderr.contains("no managed engine"), "{stderr}");
+    // The token hash is stored, never the token.
+    let db = std::fs::read(dir.path().join("vault-data/vault.db")).unwrap();
+    assert!(!db.windows(64).any(|w| w == rotated.as_bytes()));
+}

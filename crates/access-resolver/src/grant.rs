@@ -15,11 +15,14 @@ pub enum Action {
     Read,
     /// Delete a secret.
     Delete,
+    /// Administer: read the usage log and other vault-wide facts about the
+    /// secrets the grant covers.
+    Admin,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 3] = [Action::Store, Action::Read, Action::Delete];
+    pub const ALL: [Action; 4] = [Action::Store, Action::Read, Action::Delete, Action::Admin];
 
     /// The stable lower-case name.
     pub fn as_str(self) -> &'static str {
@@ -27,6 +30,7 @@ impl Action {
             Self::Store => "store",
             Self::Read => "read",
             Self::Delete => "delete",
+            Self::Admin => "admin",
         }
     }
 
@@ -35,6 +39,7 @@ impl Action {
             Self::Store => 1,
             Self::Read => 2,
             Self::Delete => 4,
+            Self::Admin => 8,
         }
     }
 }
@@ -47,6 +52,7 @@ impl FromStr for Action {
             "store" => Self::Store,
             "read" => Self::Read,
             "delete" => Self::Delete,
+            "admin" => Self::Admin,
             other => return Err(GrantParseError(format!("unknown action {other:?}"))),
         })
     }
@@ -109,13 +115,41 @@ impl Pattern {
 /// comma list, `*` for any, a trailing `*` for a prefix; for example
 /// `read:prod:*:*` or `store,read:dev,staging:pf_*:slack`. Platform
 /// patterns are case-insensitive, like platform names. Patterns in the
-/// compact form cannot contain `:`; use [`GrantSpec::Table`] for those.
+/// compact form cannot contain `:`; use [`GrantSpec::Table`] for those,
+/// and for a scope restriction.
+///
+/// Grants only allow: an engine may do what at least one of its grants
+/// allows, and nothing else. A grant's scope restriction narrows that grant
+/// alone; it never widens another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     actions: u8,
     environments: Vec<Pattern>,
     projects: Vec<Pattern>,
     platforms: Vec<Pattern>,
+    scopes: Option<Vec<String>>,
+}
+
+/// What an engine asks to do: the input of an authorization decision.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessRequest<'a> {
+    /// The action.
+    pub action: Action,
+    /// The secret it is about.
+    pub address: &'a SecretAddress,
+    /// The scopes a read requires (`?scopes=`); empty for other actions.
+    pub scopes: &'a [String],
+}
+
+impl<'a> AccessRequest<'a> {
+    /// A request without required scopes.
+    pub fn new(action: Action, address: &'a SecretAddress) -> Self {
+        Self {
+            action,
+            address,
+            scopes: &[],
+        }
+    }
 }
 
 /// Why a grant did not parse.
@@ -161,18 +195,49 @@ impl Grant {
             environments: patterns("environment", environments, false)?,
             projects: patterns("project", projects, false)?,
             platforms: patterns("platform", platforms, true)?,
+            scopes: None,
         })
+    }
+
+    /// Restricts reads through this grant to tokens required with scopes
+    /// from `scopes`: a read must name its required scopes (`?scopes=`),
+    /// and each must be in the list.
+    pub fn with_scopes(mut self, scopes: Vec<String>) -> Result<Self, GrantParseError> {
+        if scopes.is_empty()
+            || scopes
+                .iter()
+                .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+        {
+            return Err(GrantParseError(
+                "scopes must be a non-empty list of scopes without spaces".into(),
+            ));
+        }
+        self.scopes = Some(scopes);
+        Ok(self)
     }
 
     /// Whether this grant allows `action` on `address`.
     pub fn allows(&self, action: Action, address: &SecretAddress) -> bool {
-        self.actions & action.bit() != 0
+        self.permits(&AccessRequest::new(action, address))
+    }
+
+    /// Whether this grant allows `request`.
+    pub fn permits(&self, request: &AccessRequest<'_>) -> bool {
+        let address = request.address;
+        let scopes_ok = match (&self.scopes, request.action) {
+            (Some(allowed), Action::Read) => {
+                !request.scopes.is_empty() && request.scopes.iter().all(|s| allowed.contains(s))
+            }
+            _ => true,
+        };
+        self.actions & request.action.bit() != 0
             && self
                 .environments
                 .iter()
                 .any(|p| p.matches(address.environment()))
             && self.projects.iter().any(|p| p.matches(address.project()))
             && self.platforms.iter().any(|p| p.matches(address.platform()))
+            && scopes_ok
     }
 }
 
@@ -202,7 +267,8 @@ impl FromStr for Grant {
 pub enum GrantSpec {
     /// `"read:prod:*:*"`.
     Compact(String),
-    /// `{ actions = ["read"], environments = ["prod"], projects = ["*"], platforms = ["*"] }`.
+    /// `{ actions = ["read"], environments = ["prod"], projects = ["*"], platforms = ["*"] }`,
+    /// optionally with `scopes = ["chat:write"]`.
     Table {
         /// Actions.
         actions: Vec<String>,
@@ -212,6 +278,9 @@ pub enum GrantSpec {
         projects: Vec<String>,
         /// Platform patterns.
         platforms: Vec<String>,
+        /// Scopes reads through this grant may require (all others refused).
+        #[serde(default)]
+        scopes: Option<Vec<String>>,
     },
 }
 
@@ -225,7 +294,14 @@ impl GrantSpec {
                 environments,
                 projects,
                 platforms,
-            } => Grant::new(actions, environments, projects, platforms),
+                scopes,
+            } => {
+                let grant = Grant::new(actions, environments, projects, platforms)?;
+                match scopes {
+                    Some(s) => grant.with_scopes(s.clone()),
+                    None => Ok(grant),
+                }
+            }
         }
     }
 }
@@ -285,12 +361,57 @@ mod tests {
     }
 
     #[test]
+    fn admin_is_an_action_and_star_includes_it() {
+        let g: Grant = "admin:prod:*:*".parse().unwrap();
+        assert!(g.allows(Action::Admin, &a("prod", "p", "x")));
+        assert!(!g.allows(Action::Read, &a("prod", "p", "x")));
+        let all: Grant = "*:*:*:*".parse().unwrap();
+        assert!(all.allows(Action::Admin, &a("dev", "p", "x")));
+    }
+
+    #[test]
+    fn a_scope_restriction_narrows_its_own_grant_only() {
+        let narrow: Grant = "read:prod:*:slack"
+            .parse::<Grant>()
+            .unwrap()
+            .with_scopes(vec!["chat:write".into()])
+            .unwrap();
+        let addr = a("prod", "p", "slack");
+        assert!(
+            !narrow.permits(&AccessRequest::new(Action::Read, &addr)),
+            "a restricted read must name its scopes"
+        );
+        let chat = vec!["chat:write".to_string()];
+        let admin = vec!["chat:write".to_string(), "admin".to_string()];
+        let r = AccessRequest {
+            action: Action::Read,
+            address: &addr,
+            scopes: &chat,
+        };
+        assert!(narrow.permits(&r));
+        let r = AccessRequest {
+            action: Action::Read,
+            address: &addr,
+            scopes: &admin,
+        };
+        assert!(!narrow.permits(&r));
+        // Other actions are not affected by a scope restriction.
+        let wide: Grant = "read,store:prod:*:slack"
+            .parse::<Grant>()
+            .unwrap()
+            .with_scopes(vec!["chat:write".into()])
+            .unwrap();
+        assert!(wide.allows(Action::Store, &addr));
+    }
+
+    #[test]
     fn table_form_allows_colons() {
         let spec: GrantSpec = GrantSpec::Table {
             actions: vec!["read".into()],
             environments: vec!["prod".into()],
             projects: vec!["org:pf_*".into()],
             platforms: vec!["*".into()],
+            scopes: None,
         };
         let g = spec.to_grant().unwrap();
         assert!(g.allows(Action::Read, &a("prod", "org:pf_1", "slack")));

@@ -3,9 +3,9 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use vault_types::{Secret, SecretAddress};
+use vault_types::Secret;
 
-use crate::{Action, Result};
+use crate::{AccessRequest, Result};
 
 /// What a caller presents: its engine id and its bearer token.
 #[derive(Clone)]
@@ -40,6 +40,9 @@ impl fmt::Debug for EngineCredentials {
 pub struct Principal {
     /// The engine's id.
     pub engine_id: String,
+    /// Hex SHA-256 of the token it authenticated with (for resolvers that
+    /// decide remotely; the token itself never leaves the vault).
+    pub token_sha256: String,
 }
 
 /// Decides who is calling and what it may do.
@@ -49,12 +52,9 @@ pub trait AccessResolver: fmt::Debug + Send + Sync + 'static {
     /// [`Error::Unauthenticated`](crate::Error::Unauthenticated).
     async fn authenticate(&self, credentials: &EngineCredentials) -> Result<Principal>;
 
-    /// Allows `action` on `address` for `principal`, or fails with
-    /// [`Error::Forbidden`](crate::Error::Forbidden).
-    async fn authorize(
-        &self,
-        principal: &Principal,
-        action: Action,
-        address: &SecretAddress,
-    ) -> Result<()>;
+    /// Allows `request` for `principal`, or fails with
+    /// [`Error::Forbidden`](crate::Error::Forbidden) (or
+    /// [`Error::Unavailable`](crate::Error::Unavailable) when no decision
+    /// can be had: callers must treat that as a denial).
+    async fn authorize(&self, principal: &Principal, request: &AccessRequest<'_>) -> Result<()>;
 }

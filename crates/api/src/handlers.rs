@@ -2,7 +2,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
-use vault_access_resolver::{Action, Principal};
+use vault_access_resolver::{AccessRequest, Action, Principal};
 use vault_token_manager::{AuditAction, AuditOutcome, RequestContext, StoreRequest};
 use vault_types::{ErrorKind, SecretAddress};
 
@@ -23,6 +23,7 @@ fn audit_action(action: Action) -> AuditAction {
         Action::Store => AuditAction::Store,
         Action::Read => AuditAction::Read,
         Action::Delete => AuditAction::Delete,
+        Action::Admin => AuditAction::Admin,
     }
 }
 
@@ -36,9 +37,8 @@ async fn refuse(
     err: ApiError,
 ) -> ApiError {
     let outcome = match err.code() {
-        "unauthenticated" | "forbidden" | "engine_mismatch" | "insufficient_scope" => {
-            AuditOutcome::Denied
-        }
+        "unauthenticated" | "forbidden" | "engine_mismatch" | "insufficient_scope"
+        | "too_many_failures" | "rate_limited" => AuditOutcome::Denied,
         _ => AuditOutcome::Failed,
     };
     if let Err(audit_err) = state
@@ -52,7 +52,9 @@ async fn refuse(
     err
 }
 
-/// Identifies the caller (401 when it cannot be).
+/// Identifies the caller (401 when it cannot be; 429 while its engine id
+/// or address is locked out after repeated failures, or while the engine
+/// is over its request rate).
 async fn authenticate(
     state: &ApiState,
     req: &HttpRequest,
@@ -60,39 +62,82 @@ async fn authenticate(
 ) -> Result<Caller, ApiError> {
     let request_id = request_id(req);
     let anonymous = RequestContext::new(request_id.clone(), None);
-    let Some(creds) = credentials(req) else {
-        let err = ApiError::new(
-            ErrorKind::Unauthenticated,
-            "unauthenticated",
-            "missing or invalid engine credentials",
-        );
-        return Err(refuse(state, &anonymous, action, None, err).await);
+    let creds = credentials(req);
+    let limiter = &state.inner.limiter;
+    let keys = crate::limits::keys(
+        creds.as_ref().map(|c| c.engine_id.as_str()),
+        req.peer_addr().map(|a| a.ip()),
+    );
+    if let Some(wait) = limiter.locked(&keys) {
+        // Not recorded: the lockout itself was, and a locked-out client
+        // must not be able to flood the usage log.
+        return Err(ApiError::new(
+            ErrorKind::RateLimited,
+            "too_many_failures",
+            "too many failed authentications; retry later",
+        )
+        .retry_after(wait));
+    }
+    let result = match &creds {
+        Some(creds) => state.inner.access.authenticate(creds).await,
+        None => Err(vault_access_resolver::Error::Unauthenticated),
     };
-    match state.inner.access.authenticate(&creds).await {
-        Ok(principal) => Ok(Caller {
-            ctx: RequestContext::new(request_id, Some(principal.engine_id.clone())),
-            principal,
-        }),
+    match result {
+        Ok(principal) => {
+            limiter.succeed(&keys);
+            let caller = Caller {
+                ctx: RequestContext::new(request_id, Some(principal.engine_id.clone())),
+                principal,
+            };
+            if let Err(wait) = limiter.admit(&caller.principal.engine_id) {
+                let err = ApiError::new(
+                    ErrorKind::RateLimited,
+                    "rate_limited",
+                    "this engine is over its request rate; retry later",
+                )
+                .retry_after(wait);
+                return Err(refuse(state, &caller.ctx, action, None, err).await);
+            }
+            Ok(caller)
+        }
         Err(e) => {
+            let unavailable = matches!(e, vault_access_resolver::Error::Unavailable(_));
             // The claimed engine id is not logged: a caller that swapped its
             // headers would put its token there.
             tracing::warn!(request_id = %request_id, "authentication failed");
-            Err(refuse(state, &anonymous, action, None, e.into()).await)
+            let err: ApiError = e.into();
+            if unavailable {
+                return Err(refuse(state, &anonymous, action, None, err).await);
+            }
+            let err = refuse(state, &anonymous, action, None, err).await;
+            if limiter.fail(&keys) {
+                tracing::warn!(request_id = %request_id, "authentication lockout started");
+                let locked = ApiError::new(ErrorKind::RateLimited, "too_many_failures", "lockout");
+                drop(refuse(state, &anonymous, action, None, locked).await);
+            }
+            Err(err)
         }
     }
 }
 
-/// Checks the caller's grant for `action` on `address` (403 when missing).
+/// Checks the caller's grant for `action` on `address`, reads requiring
+/// `scopes` (403 when missing; 503 when no decision can be had).
 async fn authorize(
     state: &ApiState,
     caller: &Caller,
     action: Action,
     address: &SecretAddress,
+    scopes: &[String],
 ) -> Result<(), ApiError> {
+    let request = AccessRequest {
+        action,
+        address,
+        scopes,
+    };
     match state
         .inner
         .access
-        .authorize(&caller.principal, action, address)
+        .authorize(&caller.principal, &request)
         .await
     {
         Ok(()) => Ok(()),
@@ -157,7 +202,7 @@ pub(crate) async fn store(
         Ok(a) => a,
         Err(e) => return Err(refuse(&state, &caller.ctx, action, None, e.into()).await),
     };
-    authorize(&state, &caller, action, &address).await?;
+    authorize(&state, &caller, action, &address, &[]).await?;
     let mut request = StoreRequest::new(address, body.token_data);
     request.metadata = body.metadata;
     let info = state.inner.tokens.store(&caller.ctx, request).await?;
@@ -165,24 +210,57 @@ pub(crate) async fn store(
 }
 
 /// Authenticates, parses the query, builds the address from the path and
-/// checks the grant: the common start of the per-secret routes.
-async fn secret_request<Q: serde::de::DeserializeOwned>(
+/// checks the grant (for the scopes the query requires): the common start
+/// of the per-secret routes.
+async fn secret_request<Q: serde::de::DeserializeOwned + Query>(
     state: &ApiState,
     req: &HttpRequest,
     action: Action,
-    env: impl Fn(&Q) -> Option<&str>,
 ) -> Result<(Caller, Q, SecretAddress), ApiError> {
     let caller = authenticate(state, req, action).await?;
     let query = match web::Query::<Q>::from_query(req.query_string()) {
         Ok(q) => q.into_inner(),
         Err(_) => return Err(refuse(state, &caller.ctx, action, None, invalid_query()).await),
     };
-    let address = match path_address(state, req, env(&query)) {
+    let address = match path_address(state, req, query.env()) {
         Ok(a) => a,
         Err(e) => return Err(refuse(state, &caller.ctx, action, None, e).await),
     };
-    authorize(state, &caller, action, &address).await?;
+    authorize(state, &caller, action, &address, &query.scopes()).await?;
     Ok((caller, query, address))
+}
+
+/// What the per-secret routes read from their query strings.
+pub(crate) trait Query {
+    /// `?env=`.
+    fn env(&self) -> Option<&str>;
+    /// `?scopes=`, split and trimmed.
+    fn scopes(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl Query for EnvQuery {
+    fn env(&self) -> Option<&str> {
+        self.env.as_deref()
+    }
+}
+
+impl Query for TokenQuery {
+    fn env(&self) -> Option<&str> {
+        self.env.as_deref()
+    }
+
+    fn scopes(&self) -> Vec<String> {
+        self.scopes
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 /// `GET /vault/token/{project}/{platform}`.
@@ -190,17 +268,8 @@ pub(crate) async fn fetch(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (caller, query, address) =
-        secret_request::<TokenQuery>(&state, &req, Action::Read, |q| q.env.as_deref()).await?;
-    let required: Vec<String> = query
-        .scopes
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let (caller, query, address) = secret_request::<TokenQuery>(&state, &req, Action::Read).await?;
+    let required = query.scopes();
     let token = state
         .inner
         .tokens
@@ -220,8 +289,7 @@ pub(crate) async fn refresh(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (caller, _, address) =
-        secret_request::<EnvQuery>(&state, &req, Action::Read, |q| q.env.as_deref()).await?;
+    let (caller, _, address) = secret_request::<EnvQuery>(&state, &req, Action::Read).await?;
     let token = state
         .inner
         .tokens
@@ -235,8 +303,7 @@ pub(crate) async fn status(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (caller, _, address) =
-        secret_request::<EnvQuery>(&state, &req, Action::Read, |q| q.env.as_deref()).await?;
+    let (caller, _, address) = secret_request::<EnvQuery>(&state, &req, Action::Read).await?;
     let info = state.inner.tokens.status(&caller.ctx, &address).await?;
     Ok(HttpResponse::Ok().json(SecretInfoBody::from(info)))
 }
@@ -246,8 +313,7 @@ pub(crate) async fn delete(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (caller, _, address) =
-        secret_request::<EnvQuery>(&state, &req, Action::Delete, |q| q.env.as_deref()).await?;
+    let (caller, _, address) = secret_request::<EnvQuery>(&state, &req, Action::Delete).await?;
     let outcome = state.inner.tokens.delete(&caller.ctx, &address).await?;
     Ok(HttpResponse::Ok().json(DeleteBody::from(outcome)))
 }
@@ -273,7 +339,7 @@ pub(crate) async fn delete_project(
         let allowed = state
             .inner
             .access
-            .authorize(&caller.principal, action, &address)
+            .authorize(&caller.principal, &AccessRequest::new(action, &address))
             .await;
         match allowed {
             Ok(()) => {}

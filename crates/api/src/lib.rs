@@ -31,6 +31,7 @@
 mod dto;
 mod error;
 mod handlers;
+mod limits;
 mod request;
 
 use std::net::TcpListener;
@@ -42,6 +43,7 @@ use vault_access_resolver::AccessResolver;
 use vault_token_manager::TokenManager;
 
 pub use error::ApiError;
+pub use limits::AccessLimits;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -57,21 +59,33 @@ struct StateInner {
     tokens: TokenManager,
     access: Arc<dyn AccessResolver>,
     default_environment: String,
+    limiter: limits::Limiter,
 }
 
 impl ApiState {
     /// State over a token manager and an access resolver; requests that name
-    /// no environment use `default_environment`.
+    /// no environment use `default_environment`. Default abuse limits.
     pub fn new(
         tokens: TokenManager,
         access: Arc<dyn AccessResolver>,
         default_environment: String,
+    ) -> Self {
+        Self::with_limits(tokens, access, default_environment, AccessLimits::default())
+    }
+
+    /// [`ApiState::new`] with explicit abuse limits.
+    pub fn with_limits(
+        tokens: TokenManager,
+        access: Arc<dyn AccessResolver>,
+        default_environment: String,
+        limits: AccessLimits,
     ) -> Self {
         Self {
             inner: Arc::new(StateInner {
                 tokens,
                 access,
                 default_environment,
+                limiter: limits::Limiter::new(limits),
             }),
         }
     }

@@ -30,8 +30,8 @@ mod store;
 
 pub use error::{Error, Result};
 pub use model::{
-    AuditAction, AuditOutcome, AuditRecord, NewNotification, PendingNotification, RefreshState,
-    SecretMeta, SecretStatus, SecretWrite, StoredSecret,
+    AuditAction, AuditOutcome, AuditRecord, EngineRecord, NewNotification, PendingNotification,
+    RefreshState, SecretMeta, SecretStatus, SecretWrite, StoredSecret,
 };
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::SecretStore;

@@ -149,6 +149,8 @@ pub enum AuditAction {
     Revoke,
     /// `GET /vault/status`: metadata only.
     Status,
+    /// An administrative request (usage log, engine management).
+    Admin,
 }
 
 impl AuditAction {
@@ -161,6 +163,7 @@ impl AuditAction {
             Self::Refresh => "refresh",
             Self::Revoke => "revoke",
             Self::Status => "status",
+            Self::Admin => "admin",
         }
     }
 
@@ -173,6 +176,7 @@ impl AuditAction {
             "refresh" => Self::Refresh,
             "revoke" => Self::Revoke,
             "status" => Self::Status,
+            "admin" => Self::Admin,
             _ => return None,
         })
     }
@@ -235,4 +239,22 @@ pub struct AuditRecord {
     pub outcome: AuditOutcome,
     /// A stable error code or other short non-secret detail.
     pub detail: Option<String>,
+}
+
+/// An engine managed with `vault-server engine …`: its token is kept only
+/// as a SHA-256 hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineRecord {
+    /// Engine id.
+    pub id: String,
+    /// Hex SHA-256 of its bearer token.
+    pub token_sha256: String,
+    /// Grants in the compact text form.
+    pub grants: Vec<String>,
+    /// When it was added.
+    pub created_at: OffsetDateTime,
+    /// When its token or grants last changed.
+    pub updated_at: OffsetDateTime,
+    /// When it was revoked; revoked engines cannot authenticate.
+    pub revoked_at: Option<OffsetDateTime>,
 }

@@ -13,8 +13,9 @@ use time::OffsetDateTime;
 use vault_types::SecretAddress;
 
 use crate::{
-    AuditAction, AuditOutcome, AuditRecord, Error, NewNotification, PendingNotification,
-    RefreshState, Result, SecretMeta, SecretStatus, SecretStore, SecretWrite, StoredSecret,
+    AuditAction, AuditOutcome, AuditRecord, EngineRecord, Error, NewNotification,
+    PendingNotification, RefreshState, Result, SecretMeta, SecretStatus, SecretStore, SecretWrite,
+    StoredSecret,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -68,6 +69,15 @@ const MIGRATIONS: &[&str] = &[
         next_attempt_at_ms INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX notifications_by_next_attempt ON notifications (next_attempt_at_ms);",
+    // 3: engines managed with `vault-server engine ...` (token hashes only).
+    "CREATE TABLE engines (
+        id            TEXT    PRIMARY KEY,
+        token_sha256  TEXT    NOT NULL,
+        grants        TEXT    NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER
+    ) STRICT;",
 ];
 
 /// Tuning for [`SqliteStore`].
@@ -711,6 +721,67 @@ impl SecretStore for SqliteStore {
 
     async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>> {
         self.with_reader(move |c| recent_audit(c, limit)).await
+    }
+
+    async fn put_engine(&self, e: EngineRecord) -> Result<()> {
+        let grants = serde_json::to_string(&e.grants)
+            .map_err(|_| Error::Invalid("grants do not serialise"))?;
+        self.with_writer(move |c| {
+            c.prepare_cached(
+                "INSERT INTO engines (id, token_sha256, grants, created_at_ms, updated_at_ms,
+                     revoked_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id) DO UPDATE SET token_sha256 = excluded.token_sha256,
+                     grants = excluded.grants, updated_at_ms = excluded.updated_at_ms,
+                     revoked_at_ms = excluded.revoked_at_ms",
+            )?
+            .execute(params![
+                e.id,
+                e.token_sha256,
+                grants,
+                ms(e.created_at),
+                ms(e.updated_at),
+                e.revoked_at.map(ms),
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_engines(&self) -> Result<Vec<EngineRecord>> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, token_sha256, grants, created_at_ms, updated_at_ms, revoked_at_ms
+                 FROM engines ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|(id, token_sha256, grants, created, updated, revoked)| {
+                    Ok(EngineRecord {
+                        id,
+                        token_sha256,
+                        grants: serde_json::from_str(&grants).map_err(|_| {
+                            Error::Corrupt("engine grants are not a JSON list".into())
+                        })?,
+                        created_at: from_ms(created)?,
+                        updated_at: from_ms(updated)?,
+                        revoked_at: opt_ms(revoked)?,
+                    })
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn key_ids_in_use(&self) -> Result<Vec<String>> {

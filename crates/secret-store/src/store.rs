@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use vault_types::SecretAddress;
 
 use crate::{
-    AuditRecord, NewNotification, PendingNotification, RefreshState, Result, SecretStatus,
-    SecretWrite, StoredSecret,
+    AuditRecord, EngineRecord, NewNotification, PendingNotification, RefreshState, Result,
+    SecretStatus, SecretWrite, StoredSecret,
 };
 
 /// Durable storage of sealed secrets, the usage log and the notification
@@ -81,6 +81,12 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
 
     /// Records a failed delivery; the next attempt is not before `retry_at`.
     async fn notification_failed(&self, id: i64, retry_at: OffsetDateTime) -> Result<()>;
+
+    /// Inserts or replaces a managed engine.
+    async fn put_engine(&self, engine: EngineRecord) -> Result<()>;
+
+    /// Every managed engine, revoked ones included, by id.
+    async fn list_engines(&self) -> Result<Vec<EngineRecord>>;
 
     /// The distinct master-key ids that stored secrets are sealed under
     /// (checked at start-up: a key the vault cannot load means it must not

@@ -523,3 +523,28 @@ async fn sqlite_migrates_a_version_1_database() {
     assert_eq!(got.version, 3);
     assert_eq!(got.meta.refresh, RefreshState::default());
 }
+
+async fn contract_engines(store: &dyn SecretStore) {
+    assert!(store.list_engines().await.unwrap().is_empty());
+    let mut e = EngineRecord {
+        id: "ops".into(),
+        token_sha256: "ab".repeat(32),
+        grants: vec!["read:prod:*:*".into()],
+        created_at: T0,
+        updated_at: T0,
+        revoked_at: None,
+    };
+    store.put_engine(e.clone()).await.unwrap();
+    assert_eq!(store.list_engines().await.unwrap(), [e.clone()]);
+    e.token_sha256 = "cd".repeat(32);
+    e.updated_at = T0 + Duration::minutes(1);
+    e.revoked_at = Some(T0 + Duration::minutes(2));
+    store.put_engine(e.clone()).await.unwrap();
+    assert_eq!(store.list_engines().await.unwrap(), [e]);
+}
+
+#[tokio::test]
+async fn sqlite_engines() {
+    let dir = tempfile::tempdir().unwrap();
+    contract_engines(&sqlite_store(&dir).await).await;
+}

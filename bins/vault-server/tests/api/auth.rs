@@ -7,7 +7,8 @@ use crate::helpers::*;
 /// Every way of failing authentication gets the same 401 and body.
 #[actix_web::test]
 async fn bad_credentials_are_401_without_detail() {
-    let app = spawn_app().await;
+    // More failures than the default lockout allows, all from one address.
+    let app = spawn_app_with("[access]\nmax_failures = 100").await;
     app.store(&slack_body()).await;
     let url = app.url("/vault/token/pf_203/slack");
     let (id, token) = EXECUTION;
@@ -271,4 +272,97 @@ async fn every_request_is_in_the_usage_log_without_tokens() {
         assert_eq!(r.at, time::macros::datetime!(2026-03-01 12:00 UTC));
     }
     assert_eq!(log[1].platform.as_deref(), Some("slack"));
+}
+
+#[actix_web::test]
+async fn repeated_failures_lock_out_the_engine_id_and_the_address() {
+    let app = spawn_app().await;
+    app.store(&slack_body()).await;
+    let url = app.url("/vault/token/pf_203/slack");
+    let attempt = |id: &'static str, token: &'static str| {
+        app.client
+            .get(&url)
+            .header("X-Engine-Id", id)
+            .bearer_auth(token)
+            .send()
+    };
+    for _ in 0..5 {
+        assert_error(
+            attempt("execution", "wrong").await.unwrap(),
+            401,
+            "unauthenticated",
+        )
+        .await;
+    }
+    // Locked out: even the right token is refused, with Retry-After.
+    let res = attempt(EXECUTION.0, EXECUTION.1).await.unwrap();
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 800 && retry <= 900, "{retry}");
+    assert_error(res, 429, "too_many_failures").await;
+    // An unknown engine id from this address gets the same answer: the
+    // lockout tells nothing about which ids exist.
+    let res = attempt("nobody", "x").await.unwrap();
+    assert_error(res, 429, "too_many_failures").await;
+    // The lockout and the failures before it are in the usage log; the
+    // refused attempts during it are not (they could flood it).
+    let log = app.audit(50).await;
+    let details: Vec<_> = log.iter().filter_map(|r| r.detail.as_deref()).collect();
+    assert_eq!(
+        details.iter().filter(|d| **d == "unauthenticated").count(),
+        5
+    );
+    assert_eq!(
+        details
+            .iter()
+            .filter(|d| **d == "too_many_failures")
+            .count(),
+        1
+    );
+}
+
+#[actix_web::test]
+async fn unknown_engine_ids_count_like_wrong_tokens() {
+    let app = spawn_app().await;
+    let url = app.url("/vault/token/pf_203/slack");
+    for i in 0..5 {
+        let res = app
+            .client
+            .get(&url)
+            .header("X-Engine-Id", format!("ghost{i}"))
+            .bearer_auth("x")
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 401, "unauthenticated").await;
+    }
+    let res = app
+        .client
+        .get(&url)
+        .header("X-Engine-Id", EXECUTION.0)
+        .bearer_auth(EXECUTION.1)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 429, "too_many_failures").await;
+}
+
+#[actix_web::test]
+async fn engines_over_their_request_rate_get_429() {
+    let app = spawn_app_with("[access]\nengine_rate_per_sec = 1\nengine_burst = 3").await;
+    app.store(&slack_body()).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(app.get("/vault/token/pf_203/slack").await.status().as_u16());
+    }
+    assert_eq!(&statuses[..3], [200, 200, 200]);
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    let res = app.get("/vault/token/pf_203/slack").await;
+    if res.status().as_u16() == 429 {
+        assert!(res.headers().contains_key("retry-after"));
+        assert_error(res, 429, "rate_limited").await;
+    }
 }

@@ -302,6 +302,9 @@ pub struct ServerConfig {
     /// HTTP worker threads.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// HTTPS; plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -309,8 +312,23 @@ impl Default for ServerConfig {
         Self {
             bind: default_bind(),
             workers: default_workers(),
+            tls: None,
         }
     }
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA certificates: when given, engines must present a client
+    /// certificate signed by one of them (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Storage back ends.

@@ -59,6 +59,9 @@ pub enum StartupError {
     /// A configured secret (client secret, webhook key) could not be read.
     #[error("{0}")]
     Secret(String),
+    /// The TLS certificate, key or client CA could not be used.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The provider HTTP client could not be built.
     #[error("providers: {0}")]
     Providers(String),
@@ -297,6 +300,57 @@ async fn resolver(
     Ok(resolver)
 }
 
+/// Builds the rustls server configuration (ring provider; client
+/// certificates required when a client CA is given).
+fn tls_config(t: &crate::config::TlsConfig) -> Result<rustls::ServerConfig, StartupError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |what: &str, e: &dyn std::fmt::Display| StartupError::Tls(format!("{what}: {e}"));
+    let read_certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, StartupError> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| tls_err(&path.display().to_string(), &e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_err(&path.display().to_string(), &e))?;
+        if certs.is_empty() {
+            return Err(StartupError::Tls(format!(
+                "{}: no certificate",
+                path.display()
+            )));
+        }
+        Ok(certs)
+    };
+    let certs = read_certs(&t.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&t.key)
+        .map_err(|e| tls_err(&t.key.display().to_string(), &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err("protocol versions", &e))?;
+    let builder = match &t.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err(&ca.display().to_string(), &e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| tls_err("client verifier", &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| tls_err("certificate and key", &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Reads a secret named by an environment variable or a file.
 fn read_secret(
     what: &str,
@@ -429,14 +483,23 @@ impl Application {
             limits,
         );
 
+        let tls = config.server.tls.as_ref().map(tls_config).transpose()?;
         let listener = TcpListener::bind(&config.server.bind)
             .map_err(io(format!("binding {}", config.server.bind)))?;
         let local_addr = listener
             .local_addr()
             .map_err(io("reading the bound address"))?;
-        let server = vault_api::server(state, listener, config.server.workers)
+        if tls.is_none() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                address = %local_addr,
+                "serving plain HTTP beyond loopback: tokens cross the network unencrypted; \
+                 configure [server.tls] or terminate TLS in front of the vault"
+            );
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = vault_api::server(state, listener, config.server.workers, tls)
             .map_err(io("starting the HTTP server"))?;
-        tracing::info!(address = %local_addr, "vault listening");
+        tracing::info!(address = %local_addr, scheme, "vault listening");
         Ok(Self { server, local_addr })
     }
 

@@ -596,3 +596,17 @@ fn engines_are_managed_from_the_command_line_while_the_vault_runs() {
     let db = std::fs::read(dir.path().join("vault-data/vault.db")).unwrap();
     assert!(!db.windows(64).any(|w| w == rotated.as_bytes()));
 }
+
+#[test]
+fn plain_http_beyond_loopback_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[("VAULT__SERVER__BIND", "0.0.0.0:0")]).unwrap();
+    assert!(
+        s.logs().contains("plain HTTP beyond loopback"),
+        "{}",
+        s.logs()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[]).unwrap();
+    assert!(!s.logs().contains("plain HTTP beyond loopback"));
+}

@@ -24,7 +24,7 @@
 //! #              access: Arc<dyn vault_access_resolver::AccessResolver>) -> std::io::Result<()> {
 //! let state = vault_api::ApiState::new(tokens, access, "prod".into());
 //! let listener = std::net::TcpListener::bind("127.0.0.1:8200")?;
-//! vault_api::server(state, listener, 2)?.await
+//! vault_api::server(state, listener, 2, None)?.await
 //! # }
 //! ```
 
@@ -136,9 +136,15 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
 }
 
 /// Binds the vault's HTTP server to `listener` with `workers` worker
-/// threads. The returned server handles SIGINT/SIGTERM with a graceful
-/// shutdown (in-flight requests finish, up to 30 s).
-pub fn server(state: ApiState, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
+/// threads, serving HTTPS when given a rustls configuration (which may
+/// require client certificates). The returned server handles SIGINT/SIGTERM
+/// with a graceful shutdown (in-flight requests finish, up to 30 s).
+pub fn server(
+    state: ApiState,
+    listener: TcpListener,
+    workers: usize,
+    tls: Option<rustls::ServerConfig>,
+) -> std::io::Result<Server> {
     let server = HttpServer::new(move || {
         App::new()
             .wrap(middleware::from_fn(request::request_id_and_logging))
@@ -146,7 +152,11 @@ pub fn server(state: ApiState, listener: TcpListener, workers: usize) -> std::io
     })
     .workers(workers.max(1))
     .shutdown_timeout(30)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    // Slow clients get a bounded time to send their headers.
+    .client_request_timeout(std::time::Duration::from_secs(10));
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }

@@ -15,3 +15,4 @@ mod fetch;
 mod helpers;
 mod refresh;
 mod store;
+mod tls;

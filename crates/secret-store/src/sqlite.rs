@@ -493,10 +493,14 @@ fn pending_notifications(
 fn delete_tx(
     conn: &mut Connection,
     address: &SecretAddress,
+    expected: Option<u64>,
     mut audit: AuditRecord,
 ) -> Result<Option<u64>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found = current_version(&tx, address)?;
+    if expected.is_some() && found != expected {
+        return Err(Error::Conflict { expected, found });
+    }
     if found.is_some() {
         tx.prepare_cached(
             "DELETE FROM secrets WHERE environment = ?1 AND project = ?2 AND platform = ?3",
@@ -709,9 +713,14 @@ impl SecretStore for SqliteStore {
         .await
     }
 
-    async fn delete(&self, address: &SecretAddress, audit: AuditRecord) -> Result<Option<u64>> {
+    async fn delete(
+        &self,
+        address: &SecretAddress,
+        expected: Option<u64>,
+        audit: AuditRecord,
+    ) -> Result<Option<u64>> {
         let address = address.clone();
-        self.with_writer(move |c| delete_tx(c, &address, audit))
+        self.with_writer(move |c| delete_tx(c, &address, expected, audit))
             .await
     }
 

@@ -51,8 +51,16 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     /// Deletes the secret at `address` (every version) and returns the
     /// version that was deleted, or `None` when there was none; in that case
     /// the audit record is written with outcome
-    /// [`AuditOutcome::NotFound`](crate::AuditOutcome::NotFound).
-    async fn delete(&self, address: &SecretAddress, audit: AuditRecord) -> Result<Option<u64>>;
+    /// [`AuditOutcome::NotFound`](crate::AuditOutcome::NotFound). With
+    /// `expected`, only that version is deleted
+    /// ([`Error::Conflict`](crate::Error::Conflict), nothing changed and
+    /// nothing recorded, when another is current).
+    async fn delete(
+        &self,
+        address: &SecretAddress,
+        expected: Option<u64>,
+        audit: AuditRecord,
+    ) -> Result<Option<u64>>;
 
     /// Addresses whose refresh is due at `now`: `refresh_due <= now`, not
     /// `reauth_required`, not backing off. Earliest first, at most `limit`.

@@ -92,12 +92,20 @@ async fn contract_crud(store: &dyn SecretStore) {
 
     assert_eq!(store.key_ids_in_use().await.unwrap(), ["local-test"]);
 
+    // A delete of a version that is no longer current changes nothing.
+    let err = store
+        .delete(&a, Some(1), audit(AuditAction::Delete, "stale"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }));
+    assert!(store.get(&a).await.unwrap().is_some());
+
     // Other addresses are independent.
     assert!(store.get(&addr("notion")).await.unwrap().is_none());
 
     assert_eq!(
         store
-            .delete(&a, audit(AuditAction::Delete, "r3"))
+            .delete(&a, None, audit(AuditAction::Delete, "r3"))
             .await
             .unwrap(),
         Some(2)
@@ -105,7 +113,7 @@ async fn contract_crud(store: &dyn SecretStore) {
     assert!(store.get(&a).await.unwrap().is_none());
     assert_eq!(
         store
-            .delete(&a, audit(AuditAction::Delete, "r4"))
+            .delete(&a, None, audit(AuditAction::Delete, "r4"))
             .await
             .unwrap(),
         None
@@ -113,7 +121,11 @@ async fn contract_crud(store: &dyn SecretStore) {
 
     let log = store.recent_audit(10).await.unwrap();
     let ids: Vec<_> = log.iter().map(|r| r.request_id.as_str()).collect();
-    assert_eq!(ids, ["r4", "r3", "r2", "r1"]);
+    assert_eq!(
+        ids,
+        ["r4", "r3", "r2", "r1"],
+        "the refused delete left no record"
+    );
     assert_eq!(log[0].outcome, AuditOutcome::NotFound);
     assert_eq!(log[1].outcome, AuditOutcome::Success);
     assert_eq!(log[3], audit(AuditAction::Store, "r1"));

@@ -153,7 +153,7 @@ impl FakeProvider {
         *lock(&self.state.expires_in) = secs;
     }
 
-    /// Delay before every refresh answer.
+    /// Delay before every refresh and revocation answer.
     pub fn set_delay(&self, delay: Duration) {
         *lock(&self.state.delay) = delay;
     }
@@ -324,6 +324,10 @@ async fn slack_token(state: web::Data<State>, req: HttpRequest, body: web::Bytes
 }
 
 async fn revoke(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let delay = *lock(&state.delay);
+    if !delay.is_zero() {
+        actix_web::rt::time::sleep(delay).await;
+    }
     let f = fields(&req, &body);
     if let Mode::Status(s) = lock(&state.mode).clone() {
         return error_response(s, "server_error".into(), None);

@@ -8,6 +8,7 @@ use vault_types::SecretAddress;
 
 use crate::TokenManager;
 use crate::notify::{SIGNATURE_HEADER, sign_webhook};
+use crate::refresh::OnDrop;
 
 /// Settings of the background refresher.
 #[derive(Debug, Clone)]
@@ -64,7 +65,7 @@ fn jitter(max: Duration) -> Duration {
         return Duration::ZERO;
     }
     let r = vault_encryption_layer::random_u64().unwrap_or(0);
-    Duration::from_millis(r % (max_ms + 1))
+    Duration::from_millis(r % max_ms.saturating_add(1))
 }
 
 impl TokenManager {
@@ -94,14 +95,17 @@ impl TokenManager {
                         let permits = Arc::clone(&permits);
                         let delay = jitter(config.max_jitter);
                         tokio::spawn(async move {
+                            // Forgets the address even if the refresh panics.
+                            let _forget = OnDrop(Some(|| {
+                                in_flight
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .remove(&address);
+                            }));
                             tokio::time::sleep(delay).await;
                             if let Ok(_permit) = permits.acquire().await {
                                 this.refresh_if_due(&address).await;
                             }
-                            in_flight
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .remove(&address);
                         });
                     }
                 }
@@ -135,9 +139,11 @@ impl TokenManager {
             match self.secret_store().pending_notifications(now, 100).await {
                 Ok(pending) => {
                     for n in pending {
+                        // Signed just before sending: receivers reject old
+                        // timestamps, and a round may take a while.
                         let signature = sign_webhook(
                             config.secret.expose().as_bytes(),
-                            now.unix_timestamp(),
+                            self.now().unix_timestamp(),
                             n.payload.as_bytes(),
                         );
                         let sent = http
@@ -160,7 +166,7 @@ impl TokenManager {
                                 "notification delivery failed; will retry"
                             );
                             self.secret_store()
-                                .notification_failed(n.id, now + delay)
+                                .notification_failed(n.id, self.now() + delay)
                                 .await
                         };
                         if let Err(e) = result {

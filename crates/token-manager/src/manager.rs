@@ -1,6 +1,6 @@
 //! The token manager.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::locks::KeyedLocks;
 use crate::model::{SealedToken, normalise_scopes};
 use crate::notify::{Event, payload};
-use crate::provider::{Provider, ProviderRegistry, TokenKind};
+use crate::provider::{Provider, ProviderRegistry, Refreshed, TokenKind};
 use crate::{
     DeleteOutcome, Error, IssuedToken, RequestContext, Result, Revocation, RevocationOutcome,
     SecretInfo, StoreRequest,
@@ -67,6 +67,11 @@ pub(crate) struct Inner {
     pub(crate) locks: KeyedLocks,
     /// Addresses with a background refresh already spawned by a read.
     pub(crate) spawned: Mutex<HashSet<SecretAddress>>,
+    /// Refreshed tokens the store could not take (by address, with the
+    /// version they replace). The provider may already have invalidated the
+    /// old refresh token, so they are kept and written by the next attempt
+    /// instead of being lost.
+    pub(crate) unpersisted: Mutex<HashMap<SecretAddress, (u64, Refreshed)>>,
 }
 
 /// Stores, fetches, refreshes and deletes credentials; see the crate docs.
@@ -132,6 +137,7 @@ impl TokenManagerBuilder {
                 notifications: self.notifications,
                 locks: KeyedLocks::default(),
                 spawned: Mutex::default(),
+                unpersisted: Mutex::default(),
             }),
         }
     }
@@ -272,7 +278,10 @@ impl TokenManager {
         let valid_until = valid_until?;
         let policy = &self.inner.policy;
         let by_ratio = lifetime_secs
-            .map(|l| Duration::from_secs_f64(l as f64 * policy.margin_ratio.clamp(0.0, 1.0)))
+            .map(|l| {
+                l.min(crate::limits::MAX_EXPIRES_IN) as f64 * policy.margin_ratio.clamp(0.0, 1.0)
+            })
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
             .unwrap_or(policy.margin);
         let margin = policy.margin.min(by_ratio);
         Some(valid_until - margin)
@@ -664,36 +673,47 @@ impl TokenManager {
         // No refresh may rotate the tokens between revocation and delete.
         let lock = self.inner.locks.get(address);
         let _guard = lock.lock().await;
-        let now = self.now();
-        let record = audit_record(
-            now,
-            ctx,
-            AuditAction::Delete,
-            Some(address),
-            AuditOutcome::Success,
-            None,
-        );
-        let Some(stored) = self.inner.store.get(address).await? else {
-            let missing = AuditRecord {
-                outcome: AuditOutcome::NotFound,
-                detail: Some("not_found".into()),
-                ..record
+        for _ in 0..STORE_ATTEMPTS {
+            let record = audit_record(
+                self.now(),
+                ctx,
+                AuditAction::Delete,
+                Some(address),
+                AuditOutcome::Success,
+                None,
+            );
+            let Some(stored) = self.inner.store.get(address).await? else {
+                let missing = AuditRecord {
+                    outcome: AuditOutcome::NotFound,
+                    detail: Some("not_found".into()),
+                    ..record
+                };
+                trace_audit(&missing);
+                self.inner.store.delete(address, None, missing).await?;
+                return Err(Error::NotFound(address.to_string()));
             };
-            trace_audit(&missing);
-            self.inner.store.delete(address, missing).await?;
-            return Err(Error::NotFound(address.to_string()));
-        };
-        let revocations = self.revoke_all(ctx, &stored).await;
-        let deleted = self.inner.store.delete(address, record.clone()).await?;
-        trace_audit(&record);
-        match deleted {
-            Some(version) => Ok(DeleteOutcome {
-                address: address.clone(),
-                version,
-                revocations,
-            }),
-            None => Err(Error::NotFound(address.to_string())),
+            let revocations = self.revoke_all(ctx, &stored).await;
+            // Only the version whose tokens were just revoked is deleted: a
+            // token stored meanwhile is revoked too before it goes.
+            match self
+                .inner
+                .store
+                .delete(address, Some(stored.version), record.clone())
+                .await
+            {
+                Ok(_) => {
+                    trace_audit(&record);
+                    return Ok(DeleteOutcome {
+                        address: address.clone(),
+                        version: stored.version,
+                        revocations,
+                    });
+                }
+                Err(vault_secret_store::Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
+        Err(Error::Conflict)
     }
 
     async fn revoke_all(&self, ctx: &RequestContext, stored: &StoredSecret) -> Vec<Revocation> {

@@ -6,10 +6,10 @@ use vault_secret_store::{
 };
 use vault_types::SecretAddress;
 
-use crate::manager::{audit_record, expiry, to_ms, trace_audit};
+use crate::manager::{audit_record, expiry, from_ms, to_ms, trace_audit};
 use crate::model::{SealedToken, normalise_scopes};
 use crate::notify::Event;
-use crate::provider::{ProviderError, Refreshed};
+use crate::provider::{ProviderError, Refreshed, TokenKind};
 use crate::{Error, RequestContext, Result, TokenManager};
 
 impl TokenManager {
@@ -57,6 +57,19 @@ impl TokenManager {
                     .unwrap_or_else(|| "backoff".into()),
             });
         }
+        let stashed = self
+            .inner
+            .unpersisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(address);
+        if let Some((base, refreshed)) = stashed
+            && base == stored.version
+        {
+            // Tokens refreshed earlier but not yet stored: store them rather
+            // than spend the (possibly rotated-away) refresh token.
+            return self.persist_refreshed(ctx, stored, token, refreshed).await;
+        }
         let Some(refresh_token) = token.refresh_token.clone() else {
             return Err(Error::NotRefreshable { platform });
         };
@@ -76,7 +89,10 @@ impl TokenManager {
     }
 
     /// Seals and commits the refreshed tokens as a new version before
-    /// anyone is given them.
+    /// anyone is given them. A write that fails for another reason than a
+    /// concurrent change is retried; if it still fails, the tokens are kept
+    /// in memory for the next attempt, because the provider may already
+    /// have invalidated the old refresh token.
     async fn persist_refreshed(
         &self,
         ctx: &RequestContext,
@@ -84,22 +100,72 @@ impl TokenManager {
         old: SealedToken,
         refreshed: Refreshed,
     ) -> Result<(StoredSecret, SealedToken)> {
+        let mut last_error = None;
+        for delay_ms in [0u64, 50, 250] {
+            if delay_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            }
+            match self.write_refreshed(ctx, &stored, &old, &refreshed).await {
+                Ok(done) => return Ok(done),
+                Err(Error::Store(vault_secret_store::Error::Conflict { .. })) => {
+                    // A new token was stored while we refreshed (the user
+                    // reconnected): it wins. Ours is revoked, best effort.
+                    self.revoke_discarded(&stored.address, &refreshed, &old);
+                    let current = self.current(&stored.address).await?;
+                    let token = self.open(&current).await?;
+                    return Ok((current, token));
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        tracing::error!(
+            address = %stored.address,
+            "refreshed tokens could not be stored; kept in memory for the next attempt"
+        );
+        self.inner
+            .unpersisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stored.address.clone(), (stored.version, refreshed));
+        Err(last_error.unwrap_or(Error::Conflict))
+    }
+
+    async fn write_refreshed(
+        &self,
+        ctx: &RequestContext,
+        stored: &StoredSecret,
+        old: &SealedToken,
+        refreshed: &Refreshed,
+    ) -> Result<(StoredSecret, SealedToken)> {
         let address = stored.address.clone();
         let now = self.now();
         let version = stored.version + 1;
-        let valid_until = refreshed.expires_in.map(|s| expiry(now, s));
+        // No expires_in in the answer: assume the previous lifetime rather
+        // than a token that never expires (and is never refreshed again).
+        let previous_lifetime = old
+            .valid_until
+            .and_then(|v| from_ms(v).ok())
+            // Expiries are rounded down to whole seconds: round back up.
+            .map(|v| (v - stored.updated_at).as_seconds_f64().ceil())
+            .filter(|s| *s >= 1.0)
+            .map(|s| s as u64);
+        let lifetime = refreshed.expires_in.or(previous_lifetime);
+        let valid_until = lifetime.map(|s| expiry(now, s));
         let scopes = refreshed
             .scopes
             .as_deref()
             .and_then(|s| normalise_scopes(s, "scopes").ok())
             .unwrap_or_else(|| old.scopes.clone());
         let token = SealedToken {
-            access_token: refreshed.access_token,
+            access_token: refreshed.access_token.clone(),
             // A rotated refresh token replaces the old one, which the
             // provider has invalidated; no refresh token in the answer means
             // the old one stays valid (Google).
-            refresh_token: refreshed.refresh_token.or(old.refresh_token),
-            token_type: old.token_type,
+            refresh_token: refreshed
+                .refresh_token
+                .clone()
+                .or_else(|| old.refresh_token.clone()),
+            token_type: old.token_type.clone(),
             valid_until: valid_until.map(to_ms),
             scopes: scopes.clone(),
         };
@@ -116,23 +182,24 @@ impl TokenManager {
                 refresh_due: self.refresh_due(
                     address.platform(),
                     valid_until,
-                    refreshed.expires_in,
+                    lifetime,
                     has_refresh_token,
                 ),
                 last_refresh_at: Some(now),
                 ..RefreshState::default()
             },
         };
+        let key_id = self
+            .inner
+            .envelope
+            .key_provider()
+            .active_key_id()
+            .to_owned();
         let write = SecretWrite {
             address: address.clone(),
             version,
             sealed: sealed.clone(),
-            key_id: self
-                .inner
-                .envelope
-                .key_provider()
-                .active_key_id()
-                .to_owned(),
+            key_id: key_id.clone(),
             meta: meta.clone(),
             at: now,
         };
@@ -144,37 +211,45 @@ impl TokenManager {
             AuditOutcome::Success,
             None,
         );
-        match self
-            .inner
+        self.inner
             .store
-            .put(write.clone(), Some(stored.version), record.clone(), None)
-            .await
+            .put(write, Some(stored.version), record.clone(), None)
+            .await?;
+        trace_audit(&record);
+        Ok((
+            StoredSecret {
+                address,
+                version,
+                sealed,
+                key_id,
+                meta,
+                created_at: stored.created_at,
+                updated_at: now,
+            },
+            token,
+        ))
+    }
+
+    /// Revokes tokens that were refreshed but lost to a concurrent store,
+    /// in the background and best effort: they must not stay valid unused.
+    fn revoke_discarded(&self, address: &SecretAddress, refreshed: &Refreshed, old: &SealedToken) {
+        let Some(provider) = self.inner.providers.get(address.platform()).cloned() else {
+            return;
+        };
+        let mut tokens = vec![(TokenKind::Access, refreshed.access_token.clone())];
+        if let Some(rt) = &refreshed.refresh_token
+            && old.refresh_token.as_ref() != Some(rt)
         {
-            Ok(()) => {
-                trace_audit(&record);
-                let key_id = write.key_id;
-                Ok((
-                    StoredSecret {
-                        address,
-                        version,
-                        sealed,
-                        key_id,
-                        meta,
-                        created_at: stored.created_at,
-                        updated_at: now,
-                    },
-                    token,
-                ))
-            }
-            // A new token was stored while we refreshed (the user
-            // reconnected): it wins, and ours is dropped.
-            Err(vault_secret_store::Error::Conflict { .. }) => {
-                let current = self.current(&address).await?;
-                let token = self.open(&current).await?;
-                Ok((current, token))
-            }
-            Err(e) => Err(e.into()),
+            tokens.push((TokenKind::Refresh, rt.clone()));
         }
+        let address = address.clone();
+        tokio::spawn(async move {
+            for (kind, token) in tokens {
+                if let Err(e) = provider.revoke(&token, kind).await {
+                    tracing::debug!(address = %address, error = e.kind(), "could not revoke a discarded token");
+                }
+            }
+        });
     }
 
     async fn record_refresh_failure(
@@ -316,15 +391,18 @@ impl TokenManager {
         let this = self.clone();
         let address = address.clone();
         tokio::spawn(async move {
+            // Forgets the address even if the refresh panics.
+            let _forget = OnDrop(Some(|| {
+                this.inner
+                    .spawned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&address);
+            }));
             let ctx = background_context();
             if let Err(e) = this.refresh_locked(&ctx, &address, seen_version).await {
                 tracing::debug!(address = %address, error = %e, "background refresh did not succeed");
             }
-            this.inner
-                .spawned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&address);
         });
     }
 
@@ -342,8 +420,73 @@ impl TokenManager {
             return;
         }
         let ctx = background_context();
-        if let Err(e) = self.refresh_locked(&ctx, address, stored.version).await {
-            tracing::debug!(address = %address, error = %e, "scheduled refresh did not succeed");
+        match self.refresh_locked(&ctx, address, stored.version).await {
+            Ok(_) => {}
+            // Recorded already, with the backoff or the reauth state.
+            Err(
+                Error::RefreshFailed { .. }
+                | Error::ReauthRequired { .. }
+                | Error::RefreshRateLimited { .. }
+                | Error::NotFound(_),
+            ) => {}
+            // Nothing can refresh it (provider removed, no refresh token):
+            // stop listing it as due.
+            Err(Error::NotRefreshable { .. }) => {
+                let refresh = RefreshState {
+                    refresh_due: None,
+                    ..stored.meta.refresh.clone()
+                };
+                self.park(&ctx, &stored, refresh, "not_refreshable").await;
+            }
+            // Anything else (a key or storage failure before the provider
+            // was asked): back off like a failed refresh, so a stuck row
+            // cannot keep others from their turn.
+            Err(e) => {
+                tracing::warn!(address = %address, error = %e, "scheduled refresh failed before reaching the provider");
+                let failures = stored.meta.refresh.failure_count.saturating_add(1);
+                let delay = self.backoff_delay(failures, self.inner.policy.backoff_max);
+                let refresh = RefreshState {
+                    failure_count: failures,
+                    last_error: Some(e.code().to_owned()),
+                    next_attempt_at: Some(now + delay),
+                    ..stored.meta.refresh.clone()
+                };
+                self.park(&ctx, &stored, refresh, e.code()).await;
+            }
+        }
+    }
+
+    /// Writes refresh bookkeeping after a background attempt that did not
+    /// reach the provider.
+    async fn park(
+        &self,
+        ctx: &RequestContext,
+        stored: &StoredSecret,
+        refresh: RefreshState,
+        why: &str,
+    ) {
+        let record = audit_record(
+            self.now(),
+            ctx,
+            AuditAction::Refresh,
+            Some(&stored.address),
+            AuditOutcome::Failed,
+            Some(why),
+        );
+        let result = self
+            .inner
+            .store
+            .update_state(
+                &stored.address,
+                stored.version,
+                stored.meta.status,
+                refresh,
+                record,
+                None,
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(address = %stored.address, error = %e, "could not record a refresh failure");
         }
     }
 
@@ -369,6 +512,17 @@ impl TokenManager {
             let _ = t.await;
         }
         Ok(count)
+    }
+}
+
+/// Runs a closure when dropped (also while unwinding from a panic).
+pub(crate) struct OnDrop<F: FnOnce()>(pub(crate) Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
     }
 }
 

@@ -663,3 +663,124 @@ async fn reads_show_the_refresh_state() {
     assert_eq!(t.last_refresh_at, Some(f.tokens.now()));
     assert_eq!(t.status, SecretStatus::Active);
 }
+
+#[tokio::test]
+async fn refreshed_tokens_the_store_refused_are_kept_and_written_later() {
+    let f = fixture().await;
+    f.store("acme", Some(60)).await;
+    f.clock.advance(Duration::seconds(60));
+    // The database refuses every update of the row (a full disk, say).
+    let conn = rusqlite::Connection::open(f._dir.path().join("vault.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON secrets BEGIN SELECT RAISE(FAIL, 'refused'); END;",
+    )
+    .unwrap();
+    let err = f.fetch("acme").await.unwrap_err();
+    assert_eq!(err.kind(), vault_types::ErrorKind::Unavailable, "{err:?}");
+    assert_eq!(f.provider.refresh_calls(), 1);
+    conn.execute_batch("DROP TRIGGER refuse;").unwrap();
+    // The next read stores the tokens already refreshed instead of spending
+    // the old refresh token, which the provider has rotated away.
+    let t = f.fetch("acme").await.unwrap();
+    assert_eq!(t.access_token.expose(), "at-refreshed-1");
+    assert_eq!(f.provider.refresh_calls(), 1);
+    // And the rotated refresh token was kept: the next refresh works.
+    f.clock.advance(Duration::seconds(3600));
+    assert_eq!(
+        f.fetch("acme").await.unwrap().access_token.expose(),
+        "at-refreshed-2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_stored_during_a_delete_is_revoked_and_deleted_too() {
+    let f = fixture().await;
+    f.store("acme", Some(3600)).await;
+    f.provider.set_delay(StdDuration::from_millis(300));
+    let tokens = f.tokens.clone();
+    let deleting = tokio::spawn(async move { tokens.delete(&ctx(), &addr("acme")).await });
+    tokio::time::sleep(StdDuration::from_millis(100)).await;
+    let mut t = TokenData::new(Secret::from("at-stored-during-delete"));
+    t.expires_in = Some(3600);
+    f.tokens
+        .store(&ctx(), StoreRequest::new(addr("acme"), t))
+        .await
+        .unwrap();
+    let out = deleting.await.unwrap().unwrap();
+    assert_eq!(
+        out.version, 2,
+        "the delete covered the version stored meanwhile"
+    );
+    assert!(f.store.get(&addr("acme")).await.unwrap().is_none());
+    let revoked: Vec<String> = f.provider.revoked().into_iter().map(|(t, _)| t).collect();
+    assert!(revoked.contains(&"at-original-acme".to_string()));
+    assert!(revoked.contains(&"at-stored-during-delete".to_string()));
+}
+
+#[tokio::test]
+async fn unrefreshable_due_tokens_stop_being_listed() {
+    let f = fixture().await;
+    f.store("acme", Some(3600)).await;
+    f.clock.advance(Duration::seconds(3400));
+    // The provider was removed from the configuration.
+    let without = TokenManager::builder(
+        Arc::clone(&f.store) as Arc<dyn SecretStore>,
+        Envelope::new(Arc::new(LocalKeyProvider::generate().unwrap())),
+        Arc::clone(&f.clock) as Arc<dyn Clock>,
+    )
+    .build();
+    assert_eq!(without.refresh_due_now(4, 100).await.unwrap(), 1);
+    assert!(
+        f.store
+            .due_for_refresh(f.tokens.now(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(f.provider.refresh_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_refresh_without_expires_in_keeps_the_previous_lifetime() {
+    let f = fixture().await;
+    f.provider.set_expires_in(None);
+    f.store("acme", Some(3600)).await;
+    f.clock.advance(Duration::seconds(3600));
+    let t = f.fetch("acme").await.unwrap();
+    let now = f.tokens.now().replace_nanosecond(0).unwrap();
+    assert_eq!(t.valid_until, Some(now + Duration::seconds(3600)));
+    assert!(f.stored("acme").await.meta.refresh.refresh_due.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_refreshed_but_lost_to_a_concurrent_store_are_revoked() {
+    let f = fixture().await;
+    f.store("acme", Some(60)).await;
+    f.provider.set_delay(StdDuration::from_millis(300));
+    f.clock.advance(Duration::seconds(60));
+    let tokens = f.tokens.clone();
+    let refreshing = tokio::spawn(async move { tokens.fetch(&ctx(), &addr("acme"), &[]).await });
+    f.wait_for_calls(1).await;
+    let mut t = TokenData::new(Secret::from("at-reconnected"));
+    t.expires_in = Some(3600);
+    f.tokens
+        .store(&ctx(), StoreRequest::new(addr("acme"), t))
+        .await
+        .unwrap();
+    let got = refreshing.await.unwrap().unwrap();
+    assert_eq!(got.access_token.expose(), "at-reconnected");
+    for _ in 0..200 {
+        if f.provider
+            .revoked()
+            .iter()
+            .any(|(t, _)| t == "at-refreshed-1")
+        {
+            return;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    panic!(
+        "the discarded token was not revoked: {:?}",
+        f.provider.revoked()
+    );
+}

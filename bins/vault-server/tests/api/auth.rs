@@ -366,3 +366,43 @@ async fn engines_over_their_request_rate_get_429() {
         assert_error(res, 429, "rate_limited").await;
     }
 }
+
+#[actix_web::test]
+async fn an_unreachable_engine_control_core_fails_closed_with_503() {
+    let app = spawn_app_with(
+        "[access]\nresolver = \"ecc\"\n[access.ecc]\nurl = \"http://127.0.0.1:1/decide\"\ntimeout_ms = 500",
+    )
+    .await;
+    let res = app.get("/vault/token/pf_203/slack").await;
+    let msg = assert_error(res, 503, "access_resolver_unavailable").await;
+    assert!(!msg.contains("127.0.0.1"), "no internals in the answer: {msg}");
+    // Refusals for an unavailable resolver do not count towards a lockout.
+    for _ in 0..6 {
+        assert_eq!(
+            app.get("/vault/token/pf_203/slack").await.status().as_u16(),
+            503
+        );
+    }
+}
+
+#[actix_web::test]
+async fn the_chain_serves_local_engines_when_the_core_is_down() {
+    let app = spawn_app_with(
+        "[access]\nresolver = \"chain\"\n[access.ecc]\nurl = \"http://127.0.0.1:1/decide\"\ntimeout_ms = 500",
+    )
+    .await;
+    assert_eq!(app.store(&slack_body()).await.status().as_u16(), 201);
+    assert_eq!(
+        app.get("/vault/token/pf_203/slack").await.status().as_u16(),
+        200
+    );
+    let res = app
+        .client
+        .get(app.url("/vault/token/pf_203/slack"))
+        .header("X-Engine-Id", "remote-engine")
+        .bearer_auth("x")
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 503, "access_resolver_unavailable").await;
+}

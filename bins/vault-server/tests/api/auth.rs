@@ -375,7 +375,10 @@ async fn an_unreachable_engine_control_core_fails_closed_with_503() {
     .await;
     let res = app.get("/vault/token/pf_203/slack").await;
     let msg = assert_error(res, 503, "access_resolver_unavailable").await;
-    assert!(!msg.contains("127.0.0.1"), "no internals in the answer: {msg}");
+    assert!(
+        !msg.contains("127.0.0.1"),
+        "no internals in the answer: {msg}"
+    );
     // Refusals for an unavailable resolver do not count towards a lockout.
     for _ in 0..6 {
         assert_eq!(

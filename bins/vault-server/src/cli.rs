@@ -36,6 +36,19 @@ pub enum Command {
     /// access.engine_reload_secs).
     #[command(subcommand)]
     Engine(EngineCommand),
+    /// The usage log: verify its chain, export it.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `vault-server audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the usage log and check its hash chain; exit 1 and name the
+    /// first record that was changed, removed or inserted.
+    Verify,
+    /// Print the usage log as JSON lines, oldest first.
+    Export,
 }
 
 /// `vault-server engine …`.
@@ -72,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Serve => serve(cli.config),
         Command::HashToken => hash_token(),
         Command::Engine(cmd) => crate::engines::run(cli.config.as_deref(), cmd),
+        Command::Audit(cmd) => crate::audit::run(cli.config.as_deref(), cmd),
     }
 }
 

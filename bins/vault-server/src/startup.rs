@@ -22,6 +22,7 @@ use vault_token_manager::provider::{ProviderConfig, ProviderRegistry};
 use vault_token_manager::{NotifierConfig, RefreshPolicy, RefresherConfig, TokenManager};
 use vault_types::{Clock, Secret, SystemClock};
 
+use crate::audit::HmacAuditMac;
 use crate::config::{Config, KeyProviderKind, ResolverKind, StorageBackend};
 
 /// Why the server could not start. Each names what to fix.
@@ -92,6 +93,17 @@ fn ensure_private_dir(dir: &Path) -> Result<(), StartupError> {
         .map_err(io(format!("creating {}", dir.display())))
 }
 
+/// Opens the store and the master key of an existing vault (never
+/// creating a key), for command-line tools.
+pub async fn open_existing(
+    config: &Config,
+) -> Result<(Arc<dyn SecretStore>, Arc<dyn KeyProvider>), StartupError> {
+    let store = open_store(config).await?;
+    let in_use = store.key_ids_in_use().await?;
+    let keys = load_keys(config, &in_use, false)?;
+    Ok((store, keys))
+}
+
 /// A running vault: its address and a handle to stop it.
 pub struct Application {
     server: Server,
@@ -118,7 +130,11 @@ async fn open_store(config: &Config) -> Result<Arc<dyn SecretStore>, StartupErro
 }
 
 /// Loads the master key and checks that it opens what is stored.
-fn load_keys(config: &Config, in_use: &[String]) -> Result<Arc<dyn KeyProvider>, StartupError> {
+fn load_keys(
+    config: &Config,
+    in_use: &[String],
+    allow_create: bool,
+) -> Result<Arc<dyn KeyProvider>, StartupError> {
     let keys = match config.keys.provider {
         KeyProviderKind::File => {
             let path = config.key_file();
@@ -133,7 +149,10 @@ fn load_keys(config: &Config, in_use: &[String]) -> Result<Arc<dyn KeyProvider>,
                     ensure_private_dir(dir)?;
                 }
             }
-            LocalKeyProvider::from_file(&path, config.keys.create_if_missing && in_use.is_empty())?
+            LocalKeyProvider::from_file(
+                &path,
+                allow_create && config.keys.create_if_missing && in_use.is_empty(),
+            )?
         }
         KeyProviderKind::Env => LocalKeyProvider::from_env(&config.keys.env_var)?,
     };
@@ -429,7 +448,10 @@ impl Application {
     ) -> Result<Self, StartupError> {
         let store = open_store(config).await?;
         let in_use = store.key_ids_in_use().await?;
-        let keys = load_keys(config, &in_use)?;
+        let keys = load_keys(config, &in_use, true)?;
+        // Every usage record from now on is chained with a key derived from
+        // the master key.
+        store.chain_audit(Arc::new(HmacAuditMac::derive(keys.as_ref()).await?));
         let access = resolver(config, &store).await?;
         let notifier = match &config.notifications {
             Some(n) => {

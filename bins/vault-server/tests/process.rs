@@ -610,3 +610,89 @@ fn plain_http_beyond_loopback_is_warned_about() {
     let s = start(dir.path(), &[]).unwrap();
     assert!(!s.logs().contains("plain HTTP beyond loopback"));
 }
+
+fn audit_cli(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .current_dir(dir)
+        .env_remove("VAULT_CONFIG")
+        .arg("audit")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_usage_log_chain_verifies_and_tampering_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[]).unwrap();
+    let token = dev_token(dir.path());
+    assert_eq!(
+        store(&s, &token, &slack("xoxb-AUDIT-MARKER", "rt-AUDIT-MARKER"))
+            .status()
+            .as_u16(),
+        201
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            get(&s, &token, "/vault/token/pf_203/slack")
+                .status()
+                .as_u16(),
+            200
+        );
+    }
+    assert_eq!(
+        get(&s, &token, "/vault/token/pf_203/none")
+            .status()
+            .as_u16(),
+        404
+    );
+    s.signal("-TERM");
+    s.wait();
+
+    let (code, out) = audit_cli(dir.path(), &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("records: 5, verified: 5") && out.contains("chain intact"),
+        "{out}"
+    );
+
+    let (code, out) = audit_cli(dir.path(), &["export"]);
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[0]["action"], "store");
+    assert_eq!(lines[4]["outcome"], "not_found");
+    assert!(!out.contains("AUDIT-MARKER"), "no token in the usage log");
+
+    // Someone with write access to the file rewrites a denial as a success.
+    let db = dir.path().join("vault-data/vault.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("UPDATE audit_log SET outcome = 'success' WHERE seq = 5", [])
+        .unwrap();
+    let (code, out) = audit_cli(dir.path(), &["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("record 5 ") && out.contains("last verified: 4"),
+        "{out}"
+    );
+    // And one who deletes a record.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM audit_log WHERE seq = 2", [])
+        .unwrap();
+    let (code, out) = audit_cli(dir.path(), &["verify"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("record 3 missing before"), "{out}");
+}

@@ -56,4 +56,9 @@ pub trait KeyProvider: fmt::Debug + Send + Sync + 'static {
 
     /// Decrypts a data key that was wrapped under `key_id`.
     async fn unwrap(&self, key_id: &str, wrapped: &[u8]) -> Result<DataKey>;
+
+    /// A 256-bit key for another purpose (e.g. the usage-log MAC), derived
+    /// from the active master key and `label`: the same label always gives
+    /// the same key while the master key stays.
+    async fn derive(&self, label: &str) -> Result<DataKey>;
 }

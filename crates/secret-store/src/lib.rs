@@ -30,8 +30,9 @@ mod store;
 
 pub use error::{Error, Result};
 pub use model::{
-    AuditAction, AuditOutcome, AuditRecord, EngineRecord, NewNotification, PendingNotification,
-    RefreshState, SecretMeta, SecretStatus, SecretWrite, StoredSecret,
+    AuditAction, AuditEntry, AuditMac, AuditOutcome, AuditProblem, AuditQuery, AuditRecord,
+    AuditVerification, EngineRecord, NewNotification, PendingNotification, RefreshState,
+    SecretMeta, SecretStatus, SecretWrite, StoredSecret,
 };
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::SecretStore;

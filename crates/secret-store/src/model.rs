@@ -258,3 +258,81 @@ pub struct EngineRecord {
     /// When it was revoked; revoked engines cannot authenticate.
     pub revoked_at: Option<OffsetDateTime>,
 }
+
+/// Computes the MAC that chains usage records:
+/// `mac_n = MAC(mac_{n-1} || canonical(record_n))`, with a key only the
+/// vault holds (derived from the master key). Implemented by the layer that
+/// owns the keys; the store only calls it.
+pub trait AuditMac: std::fmt::Debug + Send + Sync + 'static {
+    /// The 32-byte MAC of `data`.
+    fn mac(&self, data: &[u8]) -> [u8; 32];
+}
+
+/// What `verify_audit` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditVerification {
+    /// Records in the log.
+    pub records: u64,
+    /// Records whose MAC verified.
+    pub verified: u64,
+    /// Records written before the chain began (no MAC), at the start.
+    pub unchained: u64,
+    /// Sequence number of the last record that verified.
+    pub last_verified_seq: Option<i64>,
+    /// The first break in the chain, if any.
+    pub problem: Option<AuditProblem>,
+}
+
+/// A break in the usage-log chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditProblem {
+    /// The record at `seq` was changed (its content no longer matches its MAC).
+    Changed {
+        /// Sequence number.
+        seq: i64,
+    },
+    /// Records are missing before `seq` (the sequence jumps).
+    Removed {
+        /// The first sequence number after the gap.
+        seq: i64,
+    },
+    /// The record at `seq` was not written by the vault.
+    Inserted {
+        /// Sequence number.
+        seq: i64,
+    },
+}
+
+/// A usage record as stored, with its place in the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    /// Position in the log (1, 2, …); also the record's stable id.
+    pub seq: i64,
+    /// The record.
+    pub record: AuditRecord,
+    /// Its chain MAC (absent for records written before the chain began).
+    pub mac: Option<Vec<u8>>,
+}
+
+/// Filters of a usage-log query; every field is optional.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only this environment.
+    pub environment: Option<String>,
+    /// Only this project.
+    pub project: Option<String>,
+    /// Only this platform.
+    pub platform: Option<String>,
+    /// Only this engine.
+    pub engine_id: Option<String>,
+    /// Only this action.
+    pub action: Option<AuditAction>,
+    /// At or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Before this time.
+    pub until: Option<OffsetDateTime>,
+    /// Only records older than this sequence number (the page cursor).
+    pub before_seq: Option<i64>,
+    /// Most records returned.
+    pub limit: u32,
+}

@@ -4,7 +4,7 @@ use std::fmt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,9 +13,9 @@ use time::OffsetDateTime;
 use vault_types::SecretAddress;
 
 use crate::{
-    AuditAction, AuditOutcome, AuditRecord, EngineRecord, Error, NewNotification,
-    PendingNotification, RefreshState, Result, SecretMeta, SecretStatus, SecretStore, SecretWrite,
-    StoredSecret,
+    AuditAction, AuditEntry, AuditMac, AuditOutcome, AuditProblem, AuditQuery, AuditRecord,
+    AuditVerification, EngineRecord, Error, NewNotification, PendingNotification, RefreshState,
+    Result, SecretMeta, SecretStatus, SecretStore, SecretWrite, StoredSecret,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -78,6 +78,8 @@ const MIGRATIONS: &[&str] = &[
         updated_at_ms INTEGER NOT NULL,
         revoked_at_ms INTEGER
     ) STRICT;",
+    // 4: the usage-log hash chain.
+    "ALTER TABLE audit_log ADD COLUMN mac BLOB;",
 ];
 
 /// Tuning for [`SqliteStore`].
@@ -103,6 +105,7 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    audit_mac: OnceLock<Arc<dyn AuditMac>>,
 }
 
 /// A [`SecretStore`] in one SQLite file.
@@ -271,13 +274,64 @@ fn read_secret(conn: &Connection, address: &SecretAddress) -> Result<Option<Stor
     }
 }
 
-fn insert_audit(tx: &Connection, r: &AuditRecord) -> Result<()> {
+/// The bytes a usage record's MAC covers (with the previous MAC before
+/// them). Every field is length-prefixed and optional fields carry a
+/// presence byte, so no two records encode alike.
+fn canonical(seq: i64, r: &AuditRecord) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    fn opt(out: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                out.push(1);
+                field(out, s);
+            }
+            None => out.push(0),
+        }
+    }
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"vault-audit-v1");
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&ms(r.at).to_be_bytes());
+    field(&mut out, &r.request_id);
+    opt(&mut out, r.engine_id.as_deref());
+    field(&mut out, r.action.as_str());
+    opt(&mut out, r.environment.as_deref());
+    opt(&mut out, r.project.as_deref());
+    opt(&mut out, r.platform.as_deref());
+    field(&mut out, r.outcome.as_str());
+    opt(&mut out, r.detail.as_deref());
+    out
+}
+
+fn chain_mac(mac: &dyn AuditMac, prev: &[u8], seq: i64, r: &AuditRecord) -> [u8; 32] {
+    let mut data = Vec::with_capacity(32 + 128);
+    data.extend_from_slice(prev);
+    data.extend_from_slice(&canonical(seq, r));
+    mac.mac(&data)
+}
+
+const GENESIS: [u8; 32] = [0; 32];
+
+fn insert_audit(tx: &Connection, r: &AuditRecord, mac: Option<&dyn AuditMac>) -> Result<()> {
+    let last: Option<(i64, Option<Vec<u8>>)> = tx
+        .prepare_cached("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let seq = last.as_ref().map_or(0, |(s, _)| *s) + 1;
+    let prev = last
+        .and_then(|(_, m)| m)
+        .unwrap_or_else(|| GENESIS.to_vec());
+    let record_mac = mac.map(|m| chain_mac(m, &prev, seq, r).to_vec());
     tx.prepare_cached(
-        "INSERT INTO audit_log (at_ms, request_id, engine_id, action, environment, project,
-             platform, outcome, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO audit_log (seq, at_ms, request_id, engine_id, action, environment, project,
+             platform, outcome, detail, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
+        seq,
         ms(r.at),
         r.request_id,
         r.engine_id,
@@ -287,8 +341,119 @@ fn insert_audit(tx: &Connection, r: &AuditRecord) -> Result<()> {
         r.platform,
         r.outcome.as_str(),
         r.detail,
+        record_mac,
     ])?;
     Ok(())
+}
+
+fn audit_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<Result<AuditRecord>> {
+    let at: i64 = row.get(offset)?;
+    let action: String = row.get(offset + 3)?;
+    let outcome: String = row.get(offset + 7)?;
+    let build = || -> Result<AuditRecord> {
+        Ok(AuditRecord {
+            at: from_ms(at)?,
+            request_id: row.get(offset + 1)?,
+            engine_id: row.get(offset + 2)?,
+            action: AuditAction::parse(&action)
+                .ok_or_else(|| Error::Corrupt(format!("unknown audit action {action:?}")))?,
+            environment: row.get(offset + 4)?,
+            project: row.get(offset + 5)?,
+            platform: row.get(offset + 6)?,
+            outcome: AuditOutcome::parse(&outcome)
+                .ok_or_else(|| Error::Corrupt(format!("unknown audit outcome {outcome:?}")))?,
+            detail: row.get(offset + 8)?,
+        })
+    };
+    Ok(build())
+}
+
+fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditEntry>> {
+    let seq: i64 = row.get(0)?;
+    let mac: Option<Vec<u8>> = row.get(10)?;
+    Ok(audit_from_row(row, 1)?.map(|record| AuditEntry { seq, record, mac }))
+}
+
+fn collect_entries(
+    rows: impl Iterator<Item = rusqlite::Result<Result<AuditEntry>>>,
+) -> Result<Vec<AuditEntry>> {
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row??);
+    }
+    Ok(out)
+}
+
+/// A usage-log row as the verifier reads it: a record that does not even
+/// decode counts as changed.
+type ChainRow = (i64, Option<AuditRecord>, Option<Vec<u8>>);
+
+fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerification> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, at_ms, request_id, engine_id, action, environment, project, platform,
+                outcome, detail, mac
+         FROM audit_log ORDER BY seq",
+    )?;
+    let rows: Vec<ChainRow> = stmt
+        .query_map([], |row| {
+            let seq: i64 = row.get(0)?;
+            let record = audit_from_row(row, 1)?.ok();
+            let stored: Option<Vec<u8>> = row.get(10)?;
+            Ok((seq, record, stored))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut report = AuditVerification {
+        records: rows.len() as u64,
+        verified: 0,
+        unchained: 0,
+        last_verified_seq: None,
+        problem: None,
+    };
+    let mut prev = GENESIS.to_vec();
+    let mut last_seq: Option<i64> = None;
+    let mut chained = false;
+    let expected = |prev: &[u8], seq: i64, record: &Option<AuditRecord>| {
+        record
+            .as_ref()
+            .map(|r| chain_mac(mac, prev, seq, r).to_vec())
+    };
+    for (i, (seq, record, stored)) in rows.iter().enumerate() {
+        if !chained && stored.is_none() {
+            report.unchained += 1;
+            last_seq = Some(*seq);
+            continue;
+        }
+        chained = true;
+        if last_seq.is_some_and(|l| *seq != l + 1) {
+            report.problem = Some(AuditProblem::Removed { seq: *seq });
+            return Ok(report);
+        }
+        let want = expected(&prev, *seq, record);
+        if want.is_none() || want.as_ref() != stored.as_ref() {
+            // Content changed under its old MAC, or a forged record? The next
+            // record tells: it chains from the stored MAC only if that MAC
+            // is the vault's own.
+            let next_chains = match (stored, rows.get(i + 1)) {
+                (Some(stored_mac), Some((next_seq, next_record, next_stored))) => {
+                    next_stored.is_some()
+                        && expected(stored_mac, *next_seq, next_record).as_ref()
+                            == next_stored.as_ref()
+                }
+                _ => false,
+            };
+            report.problem = Some(if next_chains {
+                AuditProblem::Changed { seq: *seq }
+            } else {
+                AuditProblem::Inserted { seq: *seq }
+            });
+            return Ok(report);
+        }
+        prev = stored.clone().unwrap_or_default();
+        report.verified += 1;
+        report.last_verified_seq = Some(*seq);
+        last_seq = Some(*seq);
+    }
+    Ok(report)
 }
 
 fn current_version(tx: &Transaction<'_>, address: &SecretAddress) -> Result<Option<u64>> {
@@ -319,6 +484,7 @@ fn put_tx(
     expected: Option<u64>,
     audit: &AuditRecord,
     notification: Option<&NewNotification>,
+    mac: Option<&dyn AuditMac>,
 ) -> Result<()> {
     if w.version != expected.unwrap_or(0) + 1 {
         return Err(Error::Invalid(
@@ -378,7 +544,7 @@ fn put_tx(
         r.failure_count,
         r.next_attempt_at.map(ms),
     ])?;
-    insert_audit(&tx, audit)?;
+    insert_audit(&tx, audit, mac)?;
     if let Some(n) = notification {
         insert_notification(&tx, w.at, n)?;
     }
@@ -395,6 +561,7 @@ fn update_state_tx(
     r: &RefreshState,
     audit: &AuditRecord,
     notification: Option<&NewNotification>,
+    mac: Option<&dyn AuditMac>,
 ) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found = current_version(&tx, address)?;
@@ -420,7 +587,7 @@ fn update_state_tx(
         r.failure_count,
         r.next_attempt_at.map(ms),
     ])?;
-    insert_audit(&tx, audit)?;
+    insert_audit(&tx, audit, mac)?;
     if let Some(n) = notification {
         insert_notification(&tx, audit.at, n)?;
     }
@@ -495,6 +662,7 @@ fn delete_tx(
     address: &SecretAddress,
     expected: Option<u64>,
     mut audit: AuditRecord,
+    mac: Option<&dyn AuditMac>,
 ) -> Result<Option<u64>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found = current_version(&tx, address)?;
@@ -513,7 +681,7 @@ fn delete_tx(
     } else {
         audit.outcome = AuditOutcome::NotFound;
     }
-    insert_audit(&tx, &audit)?;
+    insert_audit(&tx, &audit, mac)?;
     tx.commit()?;
     Ok(found)
 }
@@ -601,6 +769,7 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
+                audit_mac: OnceLock::new(),
             }),
         })
     }
@@ -612,10 +781,14 @@ impl SqliteStore {
 
     async fn with_writer<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&mut Connection, Option<&dyn AuditMac>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&mut lock(&inner.writer))).await?
+        tokio::task::spawn_blocking(move || {
+            let mac = inner.audit_mac.get().map(|m| m.as_ref());
+            f(&mut lock(&inner.writer), mac)
+        })
+        .await?
     }
 
     async fn with_reader<T: Send + 'static>(
@@ -645,8 +818,10 @@ impl SecretStore for SqliteStore {
         audit: AuditRecord,
         notification: Option<NewNotification>,
     ) -> Result<()> {
-        self.with_writer(move |c| put_tx(c, &write, expected, &audit, notification.as_ref()))
-            .await
+        self.with_writer(move |c, mac| {
+            put_tx(c, &write, expected, &audit, notification.as_ref(), mac)
+        })
+        .await
     }
 
     async fn update_state(
@@ -659,7 +834,7 @@ impl SecretStore for SqliteStore {
         notification: Option<NewNotification>,
     ) -> Result<()> {
         let address = address.clone();
-        self.with_writer(move |c| {
+        self.with_writer(move |c, mac| {
             update_state_tx(
                 c,
                 &address,
@@ -668,6 +843,7 @@ impl SecretStore for SqliteStore {
                 &refresh,
                 &audit,
                 notification.as_ref(),
+                mac,
             )
         })
         .await
@@ -693,7 +869,7 @@ impl SecretStore for SqliteStore {
     }
 
     async fn notification_delivered(&self, id: i64) -> Result<()> {
-        self.with_writer(move |c| {
+        self.with_writer(move |c, _| {
             c.prepare_cached("DELETE FROM notifications WHERE id = ?1")?
                 .execute(params![id])?;
             Ok(())
@@ -702,7 +878,7 @@ impl SecretStore for SqliteStore {
     }
 
     async fn notification_failed(&self, id: i64, retry_at: OffsetDateTime) -> Result<()> {
-        self.with_writer(move |c| {
+        self.with_writer(move |c, _| {
             c.prepare_cached(
                 "UPDATE notifications SET attempts = attempts + 1, next_attempt_at_ms = ?2
                  WHERE id = ?1",
@@ -720,12 +896,68 @@ impl SecretStore for SqliteStore {
         audit: AuditRecord,
     ) -> Result<Option<u64>> {
         let address = address.clone();
-        self.with_writer(move |c| delete_tx(c, &address, expected, audit))
+        self.with_writer(move |c, mac| delete_tx(c, &address, expected, audit, mac))
             .await
     }
 
     async fn append_audit(&self, record: AuditRecord) -> Result<()> {
-        self.with_writer(move |c| insert_audit(c, &record)).await
+        self.with_writer(move |c, mac| insert_audit(c, &record, mac))
+            .await
+    }
+
+    async fn query_audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>> {
+        self.with_reader(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, at_ms, request_id, engine_id, action, environment, project, platform,
+                        outcome, detail, mac
+                 FROM audit_log
+                 WHERE (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR project = ?2)
+                   AND (?3 IS NULL OR platform = ?3) AND (?4 IS NULL OR engine_id = ?4)
+                   AND (?5 IS NULL OR action = ?5) AND (?6 IS NULL OR at_ms >= ?6)
+                   AND (?7 IS NULL OR at_ms < ?7) AND (?8 IS NULL OR seq < ?8)
+                 ORDER BY seq DESC LIMIT ?9",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    q.environment,
+                    q.project,
+                    q.platform,
+                    q.engine_id,
+                    q.action.map(|a| a.as_str()),
+                    q.since.map(ms),
+                    q.until.map(ms),
+                    q.before_seq,
+                    q.limit,
+                ],
+                entry_from_row,
+            )?;
+            collect_entries(rows)
+        })
+        .await
+    }
+
+    async fn audit_after(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+        self.with_reader(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, at_ms, request_id, engine_id, action, environment, project, platform,
+                        outcome, detail, mac
+                 FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit], entry_from_row)?;
+            collect_entries(rows)
+        })
+        .await
+    }
+
+    fn chain_audit(&self, mac: Arc<dyn AuditMac>) {
+        if self.inner.audit_mac.set(mac).is_err() {
+            tracing::warn!("the usage-log chain was already set up; keeping the first key");
+        }
+    }
+
+    async fn verify_audit(&self, mac: Arc<dyn AuditMac>) -> Result<AuditVerification> {
+        self.with_reader(move |c| verify_audit(c, mac.as_ref()))
+            .await
     }
 
     async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>> {
@@ -735,7 +967,7 @@ impl SecretStore for SqliteStore {
     async fn put_engine(&self, e: EngineRecord) -> Result<()> {
         let grants = serde_json::to_string(&e.grants)
             .map_err(|_| Error::Invalid("grants do not serialise"))?;
-        self.with_writer(move |c| {
+        self.with_writer(move |c, _| {
             c.prepare_cached(
                 "INSERT INTO engines (id, token_sha256, grants, created_at_ms, updated_at_ms,
                      revoked_at_ms)

@@ -7,8 +7,9 @@ use time::OffsetDateTime;
 use vault_types::SecretAddress;
 
 use crate::{
-    AuditRecord, EngineRecord, NewNotification, PendingNotification, RefreshState, Result,
-    SecretStatus, SecretWrite, StoredSecret,
+    AuditEntry, AuditMac, AuditQuery, AuditRecord, AuditVerification, EngineRecord,
+    NewNotification, PendingNotification, RefreshState, Result, SecretStatus, SecretWrite,
+    StoredSecret,
 };
 
 /// Durable storage of sealed secrets, the usage log and the notification
@@ -76,6 +77,20 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
 
     /// The newest `limit` usage records, newest first.
     async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>>;
+
+    /// Usage records matching `query`, newest first.
+    async fn query_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>>;
+
+    /// Up to `limit` usage records after sequence number `after`, oldest
+    /// first (for export and forwarding).
+    async fn audit_after(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>>;
+
+    /// From now on, chain every usage record with `mac` (see [`AuditMac`]).
+    fn chain_audit(&self, mac: std::sync::Arc<dyn AuditMac>);
+
+    /// Walks the whole usage log and checks the chain with `mac`: reports
+    /// the first record that was changed, removed or inserted.
+    async fn verify_audit(&self, mac: std::sync::Arc<dyn AuditMac>) -> Result<AuditVerification>;
 
     /// Notifications whose next delivery attempt is due at `now`, oldest first.
     async fn pending_notifications(

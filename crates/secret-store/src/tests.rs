@@ -560,3 +560,180 @@ async fn sqlite_engines() {
     let dir = tempfile::tempdir().unwrap();
     contract_engines(&sqlite_store(&dir).await).await;
 }
+
+#[derive(Debug)]
+struct TestMac;
+
+impl AuditMac for TestMac {
+    fn mac(&self, data: &[u8]) -> [u8; 32] {
+        // A keyed toy MAC is enough to test the chain's bookkeeping; the
+        // vault uses HMAC-SHA256.
+        let mut out = [7u8; 32];
+        for (i, b) in data.iter().enumerate() {
+            out[i % 32] = out[i % 32].wrapping_mul(31).wrapping_add(*b);
+        }
+        out
+    }
+}
+
+async fn chained_store(dir: &tempfile::TempDir, n: usize) -> SqliteStore {
+    let store = sqlite_store(dir).await;
+    store.chain_audit(std::sync::Arc::new(TestMac));
+    for i in 0..n {
+        let mut r = audit(AuditAction::Read, &format!("q{i}"));
+        r.detail = Some(format!("d{i}"));
+        store.append_audit(r).await.unwrap();
+    }
+    store
+}
+
+fn raw(store: &SqliteStore) -> rusqlite::Connection {
+    rusqlite::Connection::open(store.path()).unwrap()
+}
+
+#[tokio::test]
+async fn sqlite_audit_chain_verifies_when_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chained_store(&dir, 6).await;
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!((v.records, v.verified, v.problem), (6, 6, None));
+    assert_eq!(v.last_verified_seq, Some(6));
+}
+
+#[tokio::test]
+async fn sqlite_audit_chain_detects_a_changed_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chained_store(&dir, 6).await;
+    raw(&store)
+        .execute(
+            "UPDATE audit_log SET outcome = 'success', detail = NULL WHERE seq = 3",
+            [],
+        )
+        .unwrap();
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!(v.problem, Some(AuditProblem::Changed { seq: 3 }));
+    assert_eq!(v.last_verified_seq, Some(2));
+}
+
+#[tokio::test]
+async fn sqlite_audit_chain_detects_a_removed_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chained_store(&dir, 6).await;
+    raw(&store)
+        .execute("DELETE FROM audit_log WHERE seq = 4", [])
+        .unwrap();
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!(v.problem, Some(AuditProblem::Removed { seq: 5 }));
+    assert_eq!(v.last_verified_seq, Some(3));
+}
+
+#[tokio::test]
+async fn sqlite_audit_chain_detects_an_inserted_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chained_store(&dir, 6).await;
+    // A forged record at the end, and one in place of a removed record.
+    raw(&store)
+        .execute(
+            "INSERT INTO audit_log (seq, at_ms, request_id, action, outcome, mac)
+             VALUES (7, 0, 'forged', 'read', 'success', x'00')",
+            [],
+        )
+        .unwrap();
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!(v.problem, Some(AuditProblem::Inserted { seq: 7 }));
+    let conn = raw(&store);
+    conn.execute("DELETE FROM audit_log WHERE seq >= 2", [])
+        .unwrap();
+    drop(conn);
+    let dir2 = tempfile::tempdir().unwrap();
+    let store = chained_store(&dir2, 4).await;
+    let conn = raw(&store);
+    conn.execute("DELETE FROM audit_log WHERE seq = 2", [])
+        .unwrap();
+    conn.execute(
+        "INSERT INTO audit_log (seq, at_ms, request_id, action, outcome, mac)
+         VALUES (2, 0, 'forged', 'read', 'success', x'0102')",
+        [],
+    )
+    .unwrap();
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!(v.problem, Some(AuditProblem::Inserted { seq: 2 }));
+}
+
+#[tokio::test]
+async fn sqlite_audit_records_before_the_chain_are_counted_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    store
+        .append_audit(audit(AuditAction::Read, "old"))
+        .await
+        .unwrap();
+    store.chain_audit(std::sync::Arc::new(TestMac));
+    store
+        .append_audit(audit(AuditAction::Read, "new"))
+        .await
+        .unwrap();
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!((v.unchained, v.verified, v.problem), (1, 1, None));
+}
+
+#[tokio::test]
+async fn sqlite_audit_query_filters_and_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chained_store(&dir, 5).await;
+    let mut other = audit(AuditAction::Store, "s1");
+    other.project = Some("pf_other".into());
+    store.append_audit(other).await.unwrap();
+    let q = |f: fn(&mut AuditQuery)| {
+        let mut q = AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    let all = store.query_audit(q(|_| {})).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [6, 5, 4, 3, 2, 1]
+    );
+    let reads = store
+        .query_audit(q(|q| q.action = Some(AuditAction::Read)))
+        .await
+        .unwrap();
+    assert_eq!(reads.len(), 5);
+    let other = store
+        .query_audit(q(|q| q.project = Some("pf_other".into())))
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1);
+    let page = store
+        .query_audit(q(|q| {
+            q.limit = 2;
+            q.before_seq = Some(5);
+        }))
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 3]);
+    let after = store.audit_after(4, 10).await.unwrap();
+    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 6]);
+    assert!(after.iter().all(|e| e.mac.is_some()));
+}

@@ -68,3 +68,15 @@ async fn wrap_unwrap_round_trip_and_tamper() {
         Err(Error::UnknownKey { .. })
     ));
 }
+
+#[tokio::test]
+async fn derived_keys_are_stable_per_label_and_key() {
+    let a = LocalKeyProvider::from_bytes(&[1u8; 32]).unwrap();
+    let again = LocalKeyProvider::from_bytes(&[1u8; 32]).unwrap();
+    let b = LocalKeyProvider::from_bytes(&[2u8; 32]).unwrap();
+    let k = a.derive("audit").await.unwrap();
+    assert_eq!(k.expose(), again.derive("audit").await.unwrap().expose());
+    assert_ne!(k.expose(), a.derive("other").await.unwrap().expose());
+    assert_ne!(k.expose(), b.derive("audit").await.unwrap().expose());
+    assert_ne!(k.expose(), &[1u8; 32]);
+}

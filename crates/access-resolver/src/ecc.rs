@@ -204,6 +204,28 @@ impl AccessResolver for EccResolver {
         }
     }
 
+    async fn authorize_admin(&self, principal: &Principal) -> Result<()> {
+        let allow = self
+            .decide(&Ask {
+                engine_id: &principal.engine_id,
+                token_sha256: &principal.token_sha256,
+                action: "admin",
+                environment: None,
+                project: None,
+                platform: None,
+                scopes: &[],
+            })
+            .await?;
+        if allow {
+            Ok(())
+        } else {
+            Err(Error::Forbidden {
+                engine_id: principal.engine_id.clone(),
+                action: "admin",
+            })
+        }
+    }
+
     async fn authorize(&self, principal: &Principal, request: &AccessRequest<'_>) -> Result<()> {
         let allow = self
             .decide(&Ask {
@@ -258,6 +280,14 @@ impl AccessResolver for ChainResolver {
             self.local.authorize(principal, request).await
         } else {
             self.remote.authorize(principal, request).await
+        }
+    }
+
+    async fn authorize_admin(&self, principal: &Principal) -> Result<()> {
+        if self.local.knows(&principal.engine_id).await? {
+            self.local.authorize_admin(principal).await
+        } else {
+            self.remote.authorize_admin(principal).await
         }
     }
 }

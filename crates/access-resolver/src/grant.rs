@@ -216,6 +216,11 @@ impl Grant {
         Ok(self)
     }
 
+    /// Whether this grant includes `action` anywhere.
+    pub fn has_action(&self, action: Action) -> bool {
+        self.actions & action.bit() != 0
+    }
+
     /// Whether this grant allows `action` on `address`.
     pub fn allows(&self, action: Action, address: &SecretAddress) -> bool {
         self.permits(&AccessRequest::new(action, address))

@@ -57,4 +57,9 @@ pub trait AccessResolver: fmt::Debug + Send + Sync + 'static {
     /// [`Error::Unavailable`](crate::Error::Unavailable) when no decision
     /// can be had: callers must treat that as a denial).
     async fn authorize(&self, principal: &Principal, request: &AccessRequest<'_>) -> Result<()>;
+
+    /// Allows vault-wide administrative requests (the usage log) for
+    /// `principal` if it holds the `admin` action anywhere; which records
+    /// it then sees is decided per address with [`AccessResolver::authorize`].
+    async fn authorize_admin(&self, principal: &Principal) -> Result<()>;
 }

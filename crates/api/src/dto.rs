@@ -180,3 +180,68 @@ pub(crate) struct DeleteProjectBody {
     pub(crate) project: String,
     pub(crate) deleted: Vec<DeleteBody>,
 }
+
+/// Query of `GET /vault/audit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditParams {
+    #[serde(default)]
+    pub(crate) project: Option<String>,
+    #[serde(default)]
+    pub(crate) platform: Option<String>,
+    #[serde(default)]
+    pub(crate) environment: Option<String>,
+    #[serde(default)]
+    pub(crate) engine: Option<String>,
+    #[serde(default)]
+    pub(crate) action: Option<String>,
+    #[serde(default)]
+    pub(crate) since: Option<String>,
+    #[serde(default)]
+    pub(crate) until: Option<String>,
+    #[serde(default)]
+    pub(crate) limit: Option<u32>,
+    #[serde(default)]
+    pub(crate) cursor: Option<i64>,
+}
+
+/// One usage record in `GET /vault/audit`.
+#[derive(Debug, Serialize)]
+pub(crate) struct AuditEntryBody {
+    id: i64,
+    at: String,
+    request_id: String,
+    engine_id: Option<String>,
+    action: &'static str,
+    environment: Option<String>,
+    project: Option<String>,
+    platform: Option<String>,
+    outcome: &'static str,
+    detail: Option<String>,
+}
+
+impl From<vault_token_manager::AuditEntry> for AuditEntryBody {
+    fn from(e: vault_token_manager::AuditEntry) -> Self {
+        let r = e.record;
+        Self {
+            id: e.seq,
+            at: rfc3339(r.at),
+            request_id: r.request_id,
+            engine_id: r.engine_id,
+            action: r.action.as_str(),
+            environment: r.environment,
+            project: r.project,
+            platform: r.platform,
+            outcome: r.outcome.as_str(),
+            detail: r.detail,
+        }
+    }
+}
+
+/// `GET /vault/audit` response.
+#[derive(Debug, Serialize)]
+pub(crate) struct AuditPageBody {
+    pub(crate) records: Vec<AuditEntryBody>,
+    /// Pass as `cursor` for the next (older) page; null when there is none.
+    pub(crate) next_cursor: Option<i64>,
+}

@@ -7,7 +7,8 @@ use vault_token_manager::{AuditAction, AuditOutcome, RequestContext, StoreReques
 use vault_types::{ErrorKind, SecretAddress};
 
 use crate::dto::{
-    DeleteBody, DeleteProjectBody, EnvQuery, SecretInfoBody, StoreBody, TokenBody, TokenQuery,
+    AuditEntryBody, AuditPageBody, AuditParams, DeleteBody, DeleteProjectBody, EnvQuery,
+    SecretInfoBody, StoreBody, TokenBody, TokenQuery,
 };
 use crate::request::{credentials, json_body, parse_json, request_id};
 use crate::{ApiError, ApiState};
@@ -44,7 +45,7 @@ async fn refuse(
     if let Err(audit_err) = state
         .inner
         .tokens
-        .record_refusal(ctx, audit_action(action), address, outcome, err.code())
+        .record_event(ctx, audit_action(action), address, outcome, err.code())
         .await
     {
         tracing::error!(error = %audit_err, request_id = %ctx.request_id, "could not record a refused request");
@@ -365,6 +366,117 @@ pub(crate) async fn delete_project(
         project: project.to_owned(),
         deleted,
     }))
+}
+
+/// `GET /vault/audit`: the usage log, newest first, for engines with an
+/// `admin` grant; each sees the records of the addresses its admin grants
+/// cover (and records about no address, such as refused logins).
+pub(crate) async fn audit(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let action = Action::Admin;
+    let caller = authenticate(&state, &req, action).await?;
+    if let Err(e) = state.inner.access.authorize_admin(&caller.principal).await {
+        return Err(refuse(&state, &caller.ctx, action, None, e.into()).await);
+    }
+    let params = match web::Query::<AuditParams>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(_) => return Err(refuse(&state, &caller.ctx, action, None, invalid_query()).await),
+    };
+    let query = match audit_query(params) {
+        Ok(q) => q,
+        Err(e) => return Err(refuse(&state, &caller.ctx, action, None, e).await),
+    };
+    let limit = query.limit;
+    let entries = state.inner.tokens.query_audit(query).await?;
+    let next_cursor = (entries.len() as u32 == limit)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
+    let mut records = Vec::with_capacity(entries.len());
+    for e in entries {
+        let r = &e.record;
+        let visible = match (&r.environment, &r.project, &r.platform) {
+            (Some(env), Some(project), Some(platform)) => {
+                match SecretAddress::new(env, project, platform) {
+                    Ok(address) => state
+                        .inner
+                        .access
+                        .authorize(&caller.principal, &AccessRequest::new(action, &address))
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                }
+            }
+            _ => true,
+        };
+        if visible {
+            records.push(AuditEntryBody::from(e));
+        }
+    }
+    state
+        .inner
+        .tokens
+        .record_event(
+            &caller.ctx,
+            AuditAction::Admin,
+            None,
+            AuditOutcome::Success,
+            "audit_query",
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(AuditPageBody {
+        records,
+        next_cursor,
+    }))
+}
+
+fn audit_query(p: AuditParams) -> Result<vault_token_manager::AuditQuery, ApiError> {
+    let bad = |what: &str| {
+        ApiError::new(
+            ErrorKind::InvalidInput,
+            "invalid_query",
+            format!("{what} is invalid"),
+        )
+    };
+    let time = |v: Option<String>, what: &str| -> Result<Option<time::OffsetDateTime>, ApiError> {
+        v.map(|s| {
+            time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| bad(what))
+        })
+        .transpose()
+    };
+    for (what, v) in [
+        ("project", &p.project),
+        ("platform", &p.platform),
+        ("environment", &p.environment),
+        ("engine", &p.engine),
+    ] {
+        if let Some(v) = v {
+            vault_types::validate_identifier("filter", v).map_err(|_| bad(what))?;
+        }
+    }
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad("limit (1 to 1000)"));
+    }
+    if p.cursor.is_some_and(|c| c <= 0) {
+        return Err(bad("cursor"));
+    }
+    Ok(vault_token_manager::AuditQuery {
+        environment: p.environment,
+        project: p.project,
+        platform: p.platform.map(|s| s.to_ascii_lowercase()),
+        engine_id: p.engine,
+        action: p
+            .action
+            .map(|a| AuditAction::parse(&a).ok_or_else(|| bad("action")))
+            .transpose()?,
+        since: time(p.since, "since (RFC 3339)")?,
+        until: time(p.until, "until (RFC 3339)")?,
+        before_seq: p.cursor,
+        limit,
+    })
 }
 
 /// A query that must be empty.

@@ -11,6 +11,7 @@
 //! | `/vault/status/{project}/{platform}` | GET | status and metadata, never a token (`?env=`) |
 //! | `/vault/delete/{project}/{platform}` | DELETE | revoke at the provider and delete (`?env=`) |
 //! | `/vault/delete/{project}` | DELETE | the same for every secret of the project the caller may delete |
+//! | `/vault/audit` | GET | the usage log, newest first, paginated (`admin` grant) |
 //! | `/healthz` | GET | liveness and storage health, no auth |
 //!
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a
@@ -124,6 +125,11 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(
                 web::resource("/vault/delete/{project}/{platform}")
                     .route(web::delete().to(handlers::delete))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .service(
+                web::resource("/vault/audit")
+                    .route(web::get().to(handlers::audit))
                     .default_service(web::to(handlers::method_not_allowed)),
             )
             .service(

@@ -54,4 +54,6 @@ pub use model::{
     StoreRequest, TokenData, limits,
 };
 pub use notify::{SIGNATURE_HEADER, sign_webhook};
-pub use vault_secret_store::{AuditAction, AuditOutcome, AuditRecord, SecretStatus};
+pub use vault_secret_store::{
+    AuditAction, AuditEntry, AuditOutcome, AuditQuery, AuditRecord, SecretStatus,
+};

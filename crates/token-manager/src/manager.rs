@@ -8,8 +8,8 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use vault_encryption_layer::Envelope;
 use vault_secret_store::{
-    AuditAction, AuditOutcome, AuditRecord, NewNotification, RefreshState, SecretMeta,
-    SecretStatus, SecretStore, SecretWrite, StoredSecret,
+    AuditAction, AuditEntry, AuditOutcome, AuditQuery, AuditRecord, NewNotification, RefreshState,
+    SecretMeta, SecretStatus, SecretStore, SecretWrite, StoredSecret,
 };
 use vault_types::{Clock, SecretAddress};
 use zeroize::Zeroizing;
@@ -308,12 +308,13 @@ impl TokenManager {
             .map_err(Error::AuditUnavailable)
     }
 
-    /// Records a refused or failed request that never reached the store
-    /// (bad credentials, missing grant, invalid input).
+    /// Records a request the token manager did not handle itself: a
+    /// refused or failed one that never reached the store (bad credentials,
+    /// missing grant, invalid input), or an administrative one.
     ///
     /// `address` is the secret it was about, when known; `detail` a stable
     /// error code.
-    pub async fn record_refusal(
+    pub async fn record_event(
         &self,
         ctx: &RequestContext,
         action: AuditAction,
@@ -654,6 +655,11 @@ impl TokenManager {
             .await?
             .map(|s| info_of(&s))
             .ok_or_else(|| Error::NotFound(address.to_string()))
+    }
+
+    /// Usage records matching `query`, newest first.
+    pub async fn query_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>> {
+        Ok(self.inner.store.query_audit(query).await?)
     }
 
     /// Every address of `project`, in every environment.

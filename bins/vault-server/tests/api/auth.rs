@@ -409,3 +409,97 @@ async fn the_chain_serves_local_engines_when_the_core_is_down() {
         .unwrap();
     assert_error(res, 503, "access_resolver_unavailable").await;
 }
+
+#[actix_web::test]
+async fn the_usage_log_is_queryable_by_admins_only() {
+    let auditor_token = "auditor-token-0123456789";
+    let extra = format!(
+        "[[engines]]\nid = \"auditor\"\ntoken_sha256 = \"{}\"\ngrants = [\"admin:dev:*:*\"]\n",
+        vault_access_resolver::token_sha256_hex(auditor_token)
+    );
+    let app = spawn_app_with(&extra).await;
+    app.store(&slack_body()).await;
+    let mut dev = slack_body();
+    dev["environment"] = json!("dev");
+    app.store(&dev).await;
+    for _ in 0..3 {
+        app.get("/vault/token/pf_203/slack").await;
+    }
+    let query = |engine: (&str, &str), q: &str| {
+        app.as_engine(Method::GET, &format!("/vault/audit{q}"), engine)
+            .send()
+    };
+    // No admin grant: 403.
+    assert_error(query(EXECUTION, "").await.unwrap(), 403, "forbidden").await;
+
+    // A full admin sees everything, newest first, and pages through it.
+    let page: serde_json::Value = query(ADMIN, "?limit=2")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let records = page["records"].as_array().unwrap();
+    assert_eq!(records.len(), 2);
+    assert!(records[0]["id"].as_i64() > records[1]["id"].as_i64());
+    let cursor = page["next_cursor"].as_i64().unwrap();
+    let next: serde_json::Value = query(ADMIN, &format!("?limit=2&cursor={cursor}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(next["records"][0]["id"].as_i64().unwrap() < cursor);
+    let reads: serde_json::Value = query(
+        ADMIN,
+        "?action=read&engine=execution&environment=prod&limit=100",
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(reads["records"].as_array().unwrap().len(), 3);
+    assert_eq!(reads["next_cursor"], serde_json::Value::Null);
+    let text = query(ADMIN, "?limit=1000")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("xoxb-abc-0001") && !text.contains("rt-xyz-0001"));
+
+    // An admin of dev only sees dev records (and records about no secret).
+    let dev_view: serde_json::Value = query(("auditor", auditor_token), "?limit=1000")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for r in dev_view["records"].as_array().unwrap() {
+        assert!(
+            r["environment"] == "dev" || r["environment"].is_null(),
+            "{r}"
+        );
+    }
+    assert!(
+        dev_view["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["environment"] == "dev")
+    );
+
+    // Bad filters: 400.
+    for q in [
+        "?since=yesterday",
+        "?limit=0",
+        "?limit=5000",
+        "?action=fly",
+        "?cursor=-1",
+        "?projekt=x",
+        "?project=a%20b",
+    ] {
+        assert_error(query(ADMIN, q).await.unwrap(), 400, "invalid_query").await;
+    }
+}

@@ -496,6 +496,44 @@ pub(crate) async fn health(state: web::Data<ApiState>) -> Result<HttpResponse, A
     }
 }
 
+/// `GET /readyz`: 200 when the vault can serve (database writable, master
+/// key usable), else 503 naming the failing checks; no auth.
+pub(crate) async fn ready(state: web::Data<ApiState>) -> HttpResponse {
+    let checks = state.inner.tokens.readiness().await;
+    let ok = checks.iter().all(|(_, r)| r.is_ok());
+    let body: serde_json::Map<String, serde_json::Value> = checks
+        .iter()
+        .map(|(name, r)| {
+            let v = match r {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => {
+                    tracing::warn!(check = name, error = %e, "readiness check failed");
+                    e.code().to_owned()
+                }
+            };
+            ((*name).to_owned(), serde_json::Value::String(v))
+        })
+        .collect();
+    let json =
+        serde_json::json!({ "status": if ok { "ready" } else { "not_ready" }, "checks": body });
+    if ok {
+        HttpResponse::Ok().json(json)
+    } else {
+        HttpResponse::ServiceUnavailable().json(json)
+    }
+}
+
+/// `GET /metrics`: Prometheus text format; no auth (no secrets in it).
+pub(crate) async fn metrics(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let mut out = String::new();
+    state.inner.http_requests.render(&mut out);
+    state.inner.http_latency.render(&mut out);
+    state.inner.tokens.render_metrics(&mut out).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out))
+}
+
 /// Any method a route does not support.
 pub(crate) async fn method_not_allowed() -> HttpResponse {
     ApiError::with_status(

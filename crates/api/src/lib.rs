@@ -13,6 +13,8 @@
 //! | `/vault/delete/{project}` | DELETE | the same for every secret of the project the caller may delete |
 //! | `/vault/audit` | GET | the usage log, newest first, paginated (`admin` grant) |
 //! | `/healthz` | GET | liveness and storage health, no auth |
+//! | `/readyz` | GET | readiness: database writable, master key usable; no auth |
+//! | `/metrics` | GET | Prometheus text format; no auth, no secrets |
 //!
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a
 //! stable code; the status comes from the error's kind, mapped in one place
@@ -42,6 +44,7 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpServer, middleware, web};
 use vault_access_resolver::AccessResolver;
 use vault_token_manager::TokenManager;
+use vault_types::metrics::{CounterVec, HistogramVec};
 
 pub use error::ApiError;
 pub use limits::AccessLimits;
@@ -61,6 +64,8 @@ struct StateInner {
     access: Arc<dyn AccessResolver>,
     default_environment: String,
     limiter: limits::Limiter,
+    http_requests: CounterVec,
+    http_latency: HistogramVec,
 }
 
 impl ApiState {
@@ -87,6 +92,14 @@ impl ApiState {
                 access,
                 default_environment,
                 limiter: limits::Limiter::new(limits),
+                http_requests: CounterVec::new(
+                    "vault_http_requests_total",
+                    "HTTP requests by route, method and status.",
+                ),
+                http_latency: HistogramVec::new(
+                    "vault_http_request_duration_seconds",
+                    "HTTP request duration by route.",
+                ),
             }),
         }
     }
@@ -100,6 +113,16 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(
                 web::resource("/healthz")
                     .route(web::get().to(handlers::health))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .service(
+                web::resource("/readyz")
+                    .route(web::get().to(handlers::ready))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .service(
+                web::resource("/metrics")
+                    .route(web::get().to(handlers::metrics))
                     .default_service(web::to(handlers::method_not_allowed)),
             )
             .service(

@@ -41,7 +41,24 @@ pub(crate) async fn request_id_and_logging(
     let method = req.method().clone();
     let path = req.path().to_owned();
     let started = Instant::now();
+    let state = req.app_data::<web::Data<crate::ApiState>>().cloned();
     let mut res = next.call(req).await?;
+    if let Some(state) = state {
+        let route = res
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        let status = res.status().as_u16().to_string();
+        state.inner.http_requests.inc(&[
+            ("route", route.as_str()),
+            ("method", method.as_str()),
+            ("status", status.as_str()),
+        ]);
+        state
+            .inner
+            .http_latency
+            .observe(&[("route", route.as_str())], started.elapsed());
+    }
     let headers = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id) {
         headers.insert(X_REQUEST_ID, v);

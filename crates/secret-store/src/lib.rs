@@ -32,7 +32,7 @@ pub use error::{Error, Result};
 pub use model::{
     AuditAction, AuditEntry, AuditMac, AuditOutcome, AuditProblem, AuditQuery, AuditRecord,
     AuditVerification, EngineRecord, NewNotification, PendingNotification, RefreshState,
-    SecretMeta, SecretStatus, SecretWrite, StoredSecret,
+    SecretMeta, SecretStatus, SecretWrite, StoreStats, StoredSecret,
 };
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::SecretStore;

@@ -336,3 +336,14 @@ pub struct AuditQuery {
     /// Most records returned.
     pub limit: u32,
 }
+
+/// Counts for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Stored secrets by status.
+    pub secrets_by_status: Vec<(SecretStatus, u64)>,
+    /// Notifications waiting for delivery.
+    pub notifications_pending: u64,
+    /// Records in the usage log.
+    pub audit_records: u64,
+}

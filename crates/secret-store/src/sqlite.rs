@@ -15,7 +15,7 @@ use vault_types::SecretAddress;
 use crate::{
     AuditAction, AuditEntry, AuditMac, AuditOutcome, AuditProblem, AuditQuery, AuditRecord,
     AuditVerification, EngineRecord, Error, NewNotification, PendingNotification, RefreshState,
-    Result, SecretMeta, SecretStatus, SecretStore, SecretWrite, StoredSecret,
+    Result, SecretMeta, SecretStatus, SecretStore, SecretWrite, StoreStats, StoredSecret,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -1033,6 +1033,43 @@ impl SecretStore for SqliteStore {
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
             Ok(ids)
+        })
+        .await
+    }
+
+    async fn ready(&self) -> Result<()> {
+        self.with_writer(|c, _| {
+            // Takes the write lock and lets it go: the writer is alive and
+            // the file is writable.
+            c.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT status, COUNT(*) FROM secrets GROUP BY status ORDER BY status",
+            )?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut secrets_by_status = Vec::with_capacity(rows.len());
+            for (status, n) in rows {
+                let status = SecretStatus::parse(&status)
+                    .ok_or_else(|| Error::Corrupt(format!("unknown status {status:?}")))?;
+                secrets_by_status.push((status, u64_of(n, "count")?));
+            }
+            let count = |sql: &str| -> Result<u64> {
+                let n: i64 = c.query_row(sql, [], |r| r.get(0))?;
+                u64_of(n, "count")
+            };
+            Ok(StoreStats {
+                secrets_by_status,
+                notifications_pending: count("SELECT COUNT(*) FROM notifications")?,
+                audit_records: count("SELECT COALESCE(MAX(seq), 0) FROM audit_log")?,
+            })
         })
         .await
     }

@@ -9,7 +9,7 @@ use vault_types::SecretAddress;
 use crate::{
     AuditEntry, AuditMac, AuditQuery, AuditRecord, AuditVerification, EngineRecord,
     NewNotification, PendingNotification, RefreshState, Result, SecretStatus, SecretWrite,
-    StoredSecret,
+    StoreStats, StoredSecret,
 };
 
 /// Durable storage of sealed secrets, the usage log and the notification
@@ -118,4 +118,10 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
 
     /// Checks that the store can serve requests.
     async fn health(&self) -> Result<()>;
+
+    /// Checks that the store can take writes (the usage log included) now.
+    async fn ready(&self) -> Result<()>;
+
+    /// Counts for metrics.
+    async fn stats(&self) -> Result<StoreStats>;
 }

@@ -91,6 +91,10 @@ async fn contract_crud(store: &dyn SecretStore) {
     assert_eq!(got.updated_at, T0 + Duration::seconds(2));
 
     assert_eq!(store.key_ids_in_use().await.unwrap(), ["local-test"]);
+    store.ready().await.unwrap();
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.secrets_by_status, [(SecretStatus::Active, 1)]);
+    assert_eq!(stats.audit_records, 2);
 
     // A delete of a version that is no longer current changes nothing.
     let err = store

@@ -11,6 +11,7 @@ use vault_secret_store::{
     AuditAction, AuditEntry, AuditOutcome, AuditQuery, AuditRecord, NewNotification, RefreshState,
     SecretMeta, SecretStatus, SecretStore, SecretWrite, StoredSecret,
 };
+use vault_types::metrics::{CounterVec, HistogramVec, render_gauge};
 use vault_types::{Clock, SecretAddress};
 use zeroize::Zeroizing;
 
@@ -72,6 +73,30 @@ pub(crate) struct Inner {
     /// old refresh token, so they are kept and written by the next attempt
     /// instead of being lost.
     pub(crate) unpersisted: Mutex<HashMap<SecretAddress, (u64, Refreshed)>>,
+    /// Refresh outcomes and provider latency.
+    pub(crate) metrics: TokenMetrics,
+}
+
+/// The token manager's own metrics.
+#[derive(Debug)]
+pub(crate) struct TokenMetrics {
+    pub(crate) refreshes: CounterVec,
+    pub(crate) provider_latency: HistogramVec,
+}
+
+impl Default for TokenMetrics {
+    fn default() -> Self {
+        Self {
+            refreshes: CounterVec::new(
+                "vault_refreshes_total",
+                "Token refreshes by platform and outcome (success or the error kind).",
+            ),
+            provider_latency: HistogramVec::new(
+                "vault_provider_request_duration_seconds",
+                "Duration of calls to OAuth providers, by platform and operation.",
+            ),
+        }
+    }
 }
 
 /// Stores, fetches, refreshes and deletes credentials; see the crate docs.
@@ -138,6 +163,7 @@ impl TokenManagerBuilder {
                 locks: KeyedLocks::default(),
                 spawned: Mutex::default(),
                 unpersisted: Mutex::default(),
+                metrics: TokenMetrics::default(),
             }),
         }
     }
@@ -657,6 +683,62 @@ impl TokenManager {
             .ok_or_else(|| Error::NotFound(address.to_string()))
     }
 
+    /// Appends the token manager's metrics in the Prometheus text format:
+    /// refreshes by outcome, provider latency, stored secrets by status,
+    /// pending notifications and the size of the usage log.
+    pub async fn render_metrics(&self, out: &mut String) -> Result<()> {
+        self.inner.metrics.refreshes.render(out);
+        self.inner.metrics.provider_latency.render(out);
+        let stats = self.inner.store.stats().await?;
+        let by_status: Vec<_> = [
+            SecretStatus::Active,
+            SecretStatus::RefreshFailing,
+            SecretStatus::ReauthRequired,
+        ]
+        .into_iter()
+        .map(|status| {
+            let n = stats
+                .secrets_by_status
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map_or(0, |(_, n)| *n);
+            (vec![("status", status.as_str().to_owned())], n as f64)
+        })
+        .collect();
+        render_gauge(
+            out,
+            "vault_secrets",
+            "Stored secrets by status.",
+            &by_status,
+        );
+        render_gauge(
+            out,
+            "vault_notifications_pending",
+            "Notifications waiting for delivery.",
+            &[(Vec::new(), stats.notifications_pending as f64)],
+        );
+        render_gauge(
+            out,
+            "vault_audit_records",
+            "Records in the usage log.",
+            &[(Vec::new(), stats.audit_records as f64)],
+        );
+        Ok(())
+    }
+
+    /// Checks that the vault can serve: storage takes writes (the usage log
+    /// included) and the master key seals and opens.
+    pub async fn readiness(&self) -> Vec<(&'static str, Result<()>)> {
+        let database = self.inner.store.ready().await.map_err(Error::from);
+        let key = async {
+            let sealed = self.inner.envelope.seal(b"ready", b"readiness").await?;
+            self.inner.envelope.open(&sealed, b"readiness").await?;
+            Ok::<(), Error>(())
+        }
+        .await;
+        vec![("database", database), ("master_key", key)]
+    }
+
     /// Usage records matching `query`, newest first.
     pub async fn query_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>> {
         Ok(self.inner.store.query_audit(query).await?)
@@ -743,6 +825,7 @@ impl TokenManager {
         }
         let mut out = Vec::with_capacity(pairs.len());
         for (kind, secret) in pairs {
+            let started = std::time::Instant::now();
             let outcome = match provider {
                 None => RevocationOutcome::NotSupported,
                 Some(p) => match p.revoke(&secret, kind).await {
@@ -753,6 +836,12 @@ impl TokenManager {
                     Err(e) => RevocationOutcome::Failed(e.kind().to_owned()),
                 },
             };
+            if provider.is_some() {
+                self.inner.metrics.provider_latency.observe(
+                    &[("platform", address.platform()), ("operation", "revoke")],
+                    started.elapsed(),
+                );
+            }
             self.record_revocation(ctx, address, kind, &outcome).await;
             out.push(Revocation {
                 token: kind,

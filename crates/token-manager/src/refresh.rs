@@ -73,7 +73,20 @@ impl TokenManager {
         let Some(refresh_token) = token.refresh_token.clone() else {
             return Err(Error::NotRefreshable { platform });
         };
+        let started = std::time::Instant::now();
         let result = provider.refresh(&refresh_token, &token.scopes).await;
+        let metrics = &self.inner.metrics;
+        metrics.provider_latency.observe(
+            &[("platform", platform.as_str()), ("operation", "refresh")],
+            started.elapsed(),
+        );
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(e) => e.kind(),
+        };
+        metrics
+            .refreshes
+            .inc(&[("platform", platform.as_str()), ("outcome", outcome)]);
         match result {
             Ok(refreshed) => self.persist_refreshed(ctx, stored, token, refreshed).await,
             Err(e) => self.record_refresh_failure(ctx, stored, e).await,

@@ -19,6 +19,7 @@
 mod address;
 mod clock;
 mod error;
+pub mod metrics;
 mod secret;
 
 pub use address::{IdentifierError, MAX_IDENTIFIER_LEN, SecretAddress, validate_identifier};

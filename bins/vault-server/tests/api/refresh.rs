@@ -257,3 +257,63 @@ async fn cleanup_deletes_a_whole_project_it_may_delete() {
         .unwrap();
     assert_error(res, 404, "not_found").await;
 }
+
+#[actix_web::test]
+async fn metrics_and_readiness() {
+    let fake = FakeProvider::start();
+    let (app, _secrets) = spawn_app_with_provider(&fake).await;
+    app.store(&acme_body(60)).await;
+    app.clock.advance(time::Duration::seconds(60));
+    assert_eq!(
+        app.get("/vault/token/pf_203/acme").await.status().as_u16(),
+        200
+    );
+    assert_eq!(
+        app.get("/vault/token/pf_203/none").await.status().as_u16(),
+        404
+    );
+
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let text = res.text().await.unwrap();
+    for needle in [
+        "vault_http_requests_total{route=\"/vault/token/{project}/{platform}\",method=\"GET\",status=\"200\"} 1",
+        "vault_http_requests_total{route=\"/vault/token/{project}/{platform}\",method=\"GET\",status=\"404\"} 1",
+        "vault_http_requests_total{route=\"/vault/store\",method=\"POST\",status=\"201\"} 1",
+        "vault_http_request_duration_seconds_count{route=\"/vault/store\"} 1",
+        "vault_refreshes_total{platform=\"acme\",outcome=\"success\"} 1",
+        "vault_provider_request_duration_seconds_count{platform=\"acme\",operation=\"refresh\"} 1",
+        "vault_secrets{status=\"active\"} 1",
+        "vault_secrets{status=\"reauth_required\"} 0",
+        "vault_notifications_pending 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    assert!(
+        !text.contains("at-") && !text.contains("rt-"),
+        "no tokens in metrics"
+    );
+
+    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"]["database"], "ok");
+    assert_eq!(body["checks"]["master_key"], "ok");
+}
+
+#[actix_web::test]
+async fn readiness_fails_when_the_database_cannot_take_writes() {
+    let app = spawn_app().await;
+    // Another process holds the write lock (a stuck writer, say).
+    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["checks"]["database"], "storage_unavailable");
+    conn.execute_batch("ROLLBACK;").unwrap();
+    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+}

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use time::format_description::well_known::Rfc3339;
 use vault_encryption_layer::{DataKey, KeyProvider};
 use vault_secret_store::{AuditMac, AuditProblem};
 
@@ -88,6 +87,9 @@ async fn execute(config: &Config, cmd: AuditCommand) -> Result<ExitCode, String>
                 "records: {}, verified: {}, before the chain: {}, last verified: {last}",
                 v.records, v.verified, v.unchained
             );
+            if let Some(p) = v.pruned_through {
+                println!("records up to {p} were pruned by retention (signed checkpoint verified)");
+            }
             match v.problem {
                 None => {
                     println!("chain intact");
@@ -98,6 +100,9 @@ async fn execute(config: &Config, cmd: AuditCommand) -> Result<ExitCode, String>
                         AuditProblem::Changed { seq } => ("changed", seq),
                         AuditProblem::Removed { seq } => ("missing before", seq),
                         AuditProblem::Inserted { seq } => ("not written by the vault", seq),
+                        AuditProblem::Checkpoint { seq } => {
+                            ("is a forged retention checkpoint", seq)
+                        }
                     };
                     println!("chain BROKEN: record {seq} {what}");
                     Ok(ExitCode::from(1))
@@ -114,30 +119,12 @@ async fn execute(config: &Config, cmd: AuditCommand) -> Result<ExitCode, String>
                 let Some(last) = page.last() else { break };
                 after = last.seq;
                 for e in &page {
-                    println!("{}", entry_json(e));
+                    println!("{}", vault_token_manager::audit_entry_json(e));
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// One usage record as JSON (export, query answers). Never holds a token.
-pub fn entry_json(e: &vault_secret_store::AuditEntry) -> serde_json::Value {
-    let r = &e.record;
-    serde_json::json!({
-        "id": e.seq,
-        "at": r.at.format(&Rfc3339).unwrap_or_default(),
-        "request_id": r.request_id,
-        "engine_id": r.engine_id,
-        "action": r.action.as_str(),
-        "environment": r.environment,
-        "project": r.project,
-        "platform": r.platform,
-        "outcome": r.outcome.as_str(),
-        "detail": r.detail,
-        "mac": e.mac.as_ref().map(hex::encode),
-    })
 }
 
 #[cfg(test)]

@@ -56,6 +56,62 @@ pub struct Config {
     /// Who may call the vault: resolver choice and abuse limits.
     #[serde(default)]
     pub access: AccessConfig,
+    /// The usage log: forwarding, file copy, retention.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Append a JSON-lines copy of the usage log to this file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Delete records older than this many days (0 or absent: keep all),
+    /// never before every sink has delivered them.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    /// How often retention runs, in seconds.
+    #[serde(default = "default_prune_interval")]
+    pub prune_interval_secs: u64,
+    /// Forward the usage log to the Logs Engine.
+    #[serde(default)]
+    pub forward: Option<ForwardConfig>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            retention_days: None,
+            prune_interval_secs: default_prune_interval(),
+            forward: None,
+        }
+    }
+}
+
+/// `[audit.forward]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Receiver URL (JSON batches are POSTed there).
+    pub url: String,
+    /// Environment variable holding the `Authorization` header value.
+    #[serde(default)]
+    pub authorization_env: Option<String>,
+    /// Most records per batch.
+    #[serde(default = "default_forward_batch")]
+    pub batch: u32,
+    /// Pause when there is nothing to send, in milliseconds.
+    #[serde(default = "default_forward_interval")]
+    pub interval_ms: u64,
+    /// Timeout of one delivery.
+    #[serde(default = "default_http_timeout")]
+    pub timeout_secs: u64,
+    /// Longest pause between retries while the receiver fails.
+    #[serde(default = "default_forward_backoff")]
+    pub max_backoff_secs: u64,
 }
 
 /// Which access resolver decides.
@@ -491,6 +547,18 @@ fn default_log_level() -> String {
 fn yes() -> bool {
     true
 }
+fn default_prune_interval() -> u64 {
+    3600
+}
+fn default_forward_batch() -> u32 {
+    500
+}
+fn default_forward_interval() -> u64 {
+    1000
+}
+fn default_forward_backoff() -> u64 {
+    60
+}
 fn default_resolver() -> ResolverKind {
     ResolverKind::Local
 }
@@ -632,6 +700,28 @@ impl Config {
             if n.secret_env.is_some() == n.secret_file.is_some() {
                 return Err(ConfigError::Invalid(
                     "notifications: give exactly one of secret_env and secret_file".into(),
+                ));
+            }
+        }
+        if self.audit.prune_interval_secs == 0
+            || self.audit.retention_days.is_some_and(|d| d > 36_500)
+        {
+            return Err(ConfigError::Invalid(
+                "audit: prune_interval_secs must be positive and retention_days at most 36500"
+                    .into(),
+            ));
+        }
+        if let Some(f) = &self.audit.forward {
+            check_url("audit.forward.url", &f.url)?;
+            if f.batch == 0
+                || f.batch > 10_000
+                || f.interval_ms == 0
+                || f.timeout_secs == 0
+                || f.max_backoff_secs == 0
+                || f.max_backoff_secs > 3600
+            {
+                return Err(ConfigError::Invalid(
+                    "audit.forward: batch 1..=10000, positive interval_ms and timeout_secs, max_backoff_secs 1..=3600".into(),
                 ));
             }
         }

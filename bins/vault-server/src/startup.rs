@@ -19,7 +19,9 @@ use vault_encryption_layer::{Envelope, KeyProvider, LocalKeyProvider};
 use vault_secret_store::{SecretStore, SqliteStore};
 
 use vault_token_manager::provider::{ProviderConfig, ProviderRegistry};
-use vault_token_manager::{NotifierConfig, RefreshPolicy, RefresherConfig, TokenManager};
+use vault_token_manager::{
+    AuditSink, ForwarderConfig, NotifierConfig, RefreshPolicy, RefresherConfig, TokenManager,
+};
 use vault_types::{Clock, Secret, SystemClock};
 
 use crate::audit::HmacAuditMac;
@@ -422,6 +424,39 @@ fn providers(config: &Config) -> Result<ProviderRegistry, StartupError> {
     .map_err(|e| StartupError::Providers(e.to_string()))
 }
 
+/// The usage-log sinks the configuration names. Cursor names are stable
+/// ("forward", "file"): a restart resumes where delivery stopped.
+pub fn forwarders(config: &Config) -> Result<Vec<ForwarderConfig>, StartupError> {
+    let mut out = Vec::new();
+    if let Some(f) = &config.audit.forward {
+        let authorization = match &f.authorization_env {
+            Some(var) => read_secret("audit.forward authorization", Some(var), None)?,
+            None => None,
+        };
+        out.push(ForwarderConfig {
+            name: "forward".into(),
+            sink: AuditSink::Http {
+                url: f.url.clone(),
+                authorization,
+                timeout: Duration::from_secs(f.timeout_secs),
+            },
+            batch: f.batch,
+            interval: Duration::from_millis(f.interval_ms),
+            max_backoff: Duration::from_secs(f.max_backoff_secs),
+        });
+    }
+    if let Some(path) = &config.audit.file {
+        out.push(ForwarderConfig {
+            name: "file".into(),
+            sink: AuditSink::File { path: path.clone() },
+            batch: 1000,
+            interval: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        });
+    }
+    Ok(out)
+}
+
 fn refresh_policy(config: &Config) -> RefreshPolicy {
     let r = &config.refresh;
     RefreshPolicy {
@@ -484,6 +519,20 @@ impl Application {
                 batch: r.batch,
                 max_jitter: Duration::from_millis(r.max_jitter_ms),
             }));
+        }
+        let sinks = forwarders(config)?;
+        let sink_names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
+        for forwarder in sinks {
+            tracing::info!(sink = %forwarder.name, "usage-log forwarding enabled");
+            actix_web::rt::spawn(tokens.clone().run_audit_forwarder(forwarder));
+        }
+        if let Some(days) = config.audit.retention_days.filter(|d| *d > 0) {
+            tracing::info!(days, "usage-log retention enabled");
+            actix_web::rt::spawn(tokens.clone().run_audit_retention(
+                Duration::from_secs(u64::from(days) * 86_400),
+                sink_names,
+                Duration::from_secs(config.audit.prune_interval_secs),
+            ));
         }
         if let Some(n) = notifier {
             // The URL may carry a secret in its path or query: log the host only.

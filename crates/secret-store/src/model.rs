@@ -279,6 +279,9 @@ pub struct AuditVerification {
     pub unchained: u64,
     /// Sequence number of the last record that verified.
     pub last_verified_seq: Option<i64>,
+    /// Records up to this sequence number were pruned by retention; the
+    /// chain was verified from the signed checkpoint they left.
+    pub pruned_through: Option<i64>,
     /// The first break in the chain, if any.
     pub problem: Option<AuditProblem>,
 }
@@ -299,6 +302,11 @@ pub enum AuditProblem {
     /// The record at `seq` was not written by the vault.
     Inserted {
         /// Sequence number.
+        seq: i64,
+    },
+    /// The checkpoint left by pruning at `seq` is not the vault's.
+    Checkpoint {
+        /// Sequence number of the last pruned record.
         seq: i64,
     },
 }

@@ -80,6 +80,18 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;",
     // 4: the usage-log hash chain.
     "ALTER TABLE audit_log ADD COLUMN mac BLOB;",
+    // 5: how far each usage-log sink (forwarding, file) has delivered.
+    "CREATE TABLE audit_cursors (
+        name TEXT    PRIMARY KEY,
+        seq  INTEGER NOT NULL
+    ) STRICT;",
+    // 6: checkpoints left by usage-log retention.
+    "CREATE TABLE audit_checkpoints (
+        seq       INTEGER PRIMARY KEY,
+        mac       BLOB    NOT NULL,
+        at_ms     INTEGER NOT NULL,
+        signature BLOB    NOT NULL
+    ) STRICT;",
 ];
 
 /// Tuning for [`SqliteStore`].
@@ -315,11 +327,61 @@ fn chain_mac(mac: &dyn AuditMac, prev: &[u8], seq: i64, r: &AuditRecord) -> [u8;
 
 const GENESIS: [u8; 32] = [0; 32];
 
-fn insert_audit(tx: &Connection, r: &AuditRecord, mac: Option<&dyn AuditMac>) -> Result<()> {
+/// The signature of a retention checkpoint: the chain MAC over a fixed
+/// label, the last pruned sequence number, its record MAC and the time.
+fn checkpoint_signature(mac: &dyn AuditMac, seq: i64, record_mac: &[u8], at_ms: i64) -> [u8; 32] {
+    let mut data = b"vault-audit-checkpoint-v1".to_vec();
+    data.extend_from_slice(&seq.to_be_bytes());
+    data.extend_from_slice(&(record_mac.len() as u32).to_be_bytes());
+    data.extend_from_slice(record_mac);
+    data.extend_from_slice(&at_ms.to_be_bytes());
+    mac.mac(&data)
+}
+
+fn prune_tx(
+    conn: &mut Connection,
+    mac: &dyn AuditMac,
+    before: OffsetDateTime,
+    max_seq: i64,
+    now: OffsetDateTime,
+) -> Result<Option<i64>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let last: Option<(i64, Option<Vec<u8>>)> = tx
+        .query_row(
+            "SELECT seq, mac FROM audit_log WHERE at_ms < ?1 AND seq <= ?2
+             ORDER BY seq DESC LIMIT 1",
+            params![ms(before), max_seq],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((seq, Some(record_mac))) = last else {
+        // Nothing old enough, or only records from before the chain began.
+        return Ok(None);
+    };
+    let at_ms = ms(now);
+    let signature = checkpoint_signature(mac, seq, &record_mac, at_ms);
+    tx.execute("DELETE FROM audit_log WHERE seq <= ?1", params![seq])?;
+    tx.execute(
+        "INSERT INTO audit_checkpoints (seq, mac, at_ms, signature) VALUES (?1, ?2, ?3, ?4)",
+        params![seq, record_mac, at_ms, signature.to_vec()],
+    )?;
+    tx.commit()?;
+    Ok(Some(seq))
+}
+
+fn insert_audit(tx: &Connection, r: &AuditRecord, mac: Option<&dyn AuditMac>) -> Result<()> {
+    let mut last: Option<(i64, Option<Vec<u8>>)> = tx
         .prepare_cached("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
+    if last.is_none() {
+        // Retention may have pruned every record: continue after the
+        // checkpoint it left, from the MAC it kept.
+        last = tx
+            .prepare_cached("SELECT seq, mac FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+    }
     let seq = last.as_ref().map_or(0, |(s, _)| *s) + 1;
     let prev = last
         .and_then(|(_, m)| m)
@@ -407,11 +469,35 @@ fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerificati
         verified: 0,
         unchained: 0,
         last_verified_seq: None,
+        pruned_through: None,
         problem: None,
     };
     let mut prev = GENESIS.to_vec();
     let mut last_seq: Option<i64> = None;
     let mut chained = false;
+    let checkpoint: Option<(i64, Vec<u8>, i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT seq, mac, at_ms, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    if let Some((seq, record_mac, at_ms, signature)) = checkpoint {
+        if checkpoint_signature(mac, seq, &record_mac, at_ms).as_slice() != signature.as_slice() {
+            report.problem = Some(AuditProblem::Checkpoint { seq });
+            return Ok(report);
+        }
+        // The chain continues from the last pruned record.
+        prev = record_mac;
+        last_seq = Some(seq);
+        chained = true;
+        report.pruned_through = Some(seq);
+    }
+    let rows: Vec<ChainRow> = rows
+        .into_iter()
+        .filter(|(seq, _, _)| report.pruned_through.is_none_or(|p| *seq > p))
+        .collect();
+    report.records = rows.len() as u64;
     let expected = |prev: &[u8], seq: i64, record: &Option<AuditRecord>| {
         record
             .as_ref()
@@ -947,6 +1033,41 @@ impl SecretStore for SqliteStore {
             collect_entries(rows)
         })
         .await
+    }
+
+    async fn audit_cursor(&self, name: &str) -> Result<i64> {
+        let name = name.to_owned();
+        self.with_reader(move |c| {
+            let seq: Option<i64> = c
+                .prepare_cached("SELECT seq FROM audit_cursors WHERE name = ?1")?
+                .query_row(params![name], |r| r.get(0))
+                .optional()?;
+            Ok(seq.unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn set_audit_cursor(&self, name: &str, seq: i64) -> Result<()> {
+        let name = name.to_owned();
+        self.with_writer(move |c, _| {
+            // Cursors only move forward.
+            c.prepare_cached(
+                "INSERT INTO audit_cursors (name, seq) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+            )?
+            .execute(params![name, seq])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prune_audit(&self, before: OffsetDateTime, max_seq: i64) -> Result<Option<i64>> {
+        let Some(mac) = self.inner.audit_mac.get().cloned() else {
+            return Err(Error::Invalid("the usage-log chain key is not set"));
+        };
+        let now = OffsetDateTime::now_utc();
+        self.with_writer(move |c, _| prune_tx(c, mac.as_ref(), before, max_seq, now))
+            .await
     }
 
     fn chain_audit(&self, mac: Arc<dyn AuditMac>) {

@@ -85,6 +85,20 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     /// first (for export and forwarding).
     async fn audit_after(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>>;
 
+    /// How far the usage-log sink `name` has delivered (0: nothing yet).
+    async fn audit_cursor(&self, name: &str) -> Result<i64>;
+
+    /// Records that sink `name` has delivered every record up to `seq`
+    /// (cursors never move back).
+    async fn set_audit_cursor(&self, name: &str, seq: i64) -> Result<()>;
+
+    /// Deletes the usage records written before `before`, but none after
+    /// sequence number `max_seq` (records not yet delivered everywhere), and
+    /// leaves a checkpoint signed with the chain key so the rest of the
+    /// chain still verifies. Returns the last pruned sequence number.
+    /// Needs the chain key ([`SecretStore::chain_audit`]).
+    async fn prune_audit(&self, before: OffsetDateTime, max_seq: i64) -> Result<Option<i64>>;
+
     /// From now on, chain every usage record with `mac` (see [`AuditMac`]).
     fn chain_audit(&self, mac: std::sync::Arc<dyn AuditMac>);
 

@@ -737,7 +737,104 @@ async fn sqlite_audit_query_filters_and_pages() {
         .await
         .unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 3]);
+    assert_eq!(store.audit_cursor("forward").await.unwrap(), 0);
+    store.set_audit_cursor("forward", 4).await.unwrap();
+    store.set_audit_cursor("forward", 2).await.unwrap();
+    assert_eq!(
+        store.audit_cursor("forward").await.unwrap(),
+        4,
+        "never back"
+    );
     let after = store.audit_after(4, 10).await.unwrap();
     assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 6]);
     assert!(after.iter().all(|e| e.mac.is_some()));
+}
+
+#[tokio::test]
+async fn sqlite_retention_prunes_and_leaves_a_verifiable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    store.chain_audit(std::sync::Arc::new(TestMac));
+    for i in 0..10i64 {
+        let mut r = audit(AuditAction::Read, &format!("p{i}"));
+        r.at = T0 + Duration::days(i);
+        store.append_audit(r).await.unwrap();
+    }
+    // Older than day 6, but nothing past record 4 (not yet delivered).
+    let pruned = store.prune_audit(T0 + Duration::days(6), 4).await.unwrap();
+    assert_eq!(pruned, Some(4));
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!(v.problem, None, "{v:?}");
+    assert_eq!((v.pruned_through, v.records, v.verified), (Some(4), 6, 6));
+    // Pruning again up to day 6: records 5 and 6.
+    assert_eq!(
+        store
+            .prune_audit(T0 + Duration::days(6), i64::MAX)
+            .await
+            .unwrap(),
+        Some(6)
+    );
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!(
+        (v.problem, v.pruned_through, v.verified),
+        (None, Some(6), 4)
+    );
+    // Nothing more to prune.
+    assert_eq!(
+        store
+            .prune_audit(T0 + Duration::days(6), i64::MAX)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Deleting the first record after the checkpoint is still caught…
+    raw(&store)
+        .execute("DELETE FROM audit_log WHERE seq = 7", [])
+        .unwrap();
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!(v.problem, Some(AuditProblem::Removed { seq: 8 }));
+    // …and so is a forged checkpoint.
+    raw(&store)
+        .execute("UPDATE audit_checkpoints SET seq = 7 WHERE seq = 6", [])
+        .unwrap();
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!(v.problem, Some(AuditProblem::Checkpoint { seq: 7 }));
+}
+
+#[tokio::test]
+async fn sqlite_the_chain_continues_after_everything_was_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chained_store(&dir, 3).await;
+    assert_eq!(
+        store
+            .prune_audit(T0 + Duration::days(1), i64::MAX)
+            .await
+            .unwrap(),
+        Some(3)
+    );
+    store
+        .append_audit(audit(AuditAction::Read, "after"))
+        .await
+        .unwrap();
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!(
+        (v.problem, v.verified, v.last_verified_seq),
+        (None, 1, Some(4))
+    );
 }

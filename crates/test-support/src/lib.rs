@@ -53,6 +53,10 @@ struct State {
     revoked: Mutex<Vec<(String, String)>>,
     webhooks: Mutex<Vec<(String, String)>>,
     webhook_failures: AtomicUsize,
+    logs: Mutex<Vec<serde_json::Value>>,
+    logs_authorization: Mutex<Vec<String>>,
+    logs_failures: AtomicUsize,
+    logs_delay: Mutex<Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,6 +96,10 @@ impl FakeProvider {
             revoked: Mutex::default(),
             webhooks: Mutex::default(),
             webhook_failures: AtomicUsize::new(0),
+            logs: Mutex::default(),
+            logs_authorization: Mutex::default(),
+            logs_failures: AtomicUsize::new(0),
+            logs_delay: Mutex::new(Duration::ZERO),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let server_state = Arc::clone(&state);
@@ -107,6 +115,7 @@ impl FakeProvider {
                         .route("/slack/oauth.v2.access", web::post().to(slack_token))
                         .route("/slack/auth.revoke", web::post().to(slack_revoke))
                         .route("/webhook", web::post().to(webhook))
+                        .route("/logs", web::post().to(logs))
                 })
                 .workers(2)
                 .bind("127.0.0.1:0");
@@ -176,6 +185,27 @@ impl FakeProvider {
     /// The next `n` webhook deliveries fail with HTTP 503.
     pub fn fail_webhooks(&self, n: usize) {
         self.state.webhook_failures.store(n, Ordering::SeqCst);
+    }
+
+    /// Usage records received at `/logs`, in arrival order (duplicates
+    /// included: delivery is at least once).
+    pub fn logged(&self) -> Vec<serde_json::Value> {
+        lock(&self.state.logs).clone()
+    }
+
+    /// `Authorization` headers of the `/logs` batches received.
+    pub fn logs_authorization(&self) -> Vec<String> {
+        lock(&self.state.logs_authorization).clone()
+    }
+
+    /// The next `n` `/logs` batches fail with HTTP 503.
+    pub fn fail_logs(&self, n: usize) {
+        self.state.logs_failures.store(n, Ordering::SeqCst);
+    }
+
+    /// Delay before `/logs` answers (a stalled receiver).
+    pub fn set_logs_delay(&self, delay: Duration) {
+        *lock(&self.state.logs_delay) = delay;
     }
 }
 
@@ -364,5 +394,33 @@ async fn webhook(state: web::Data<State>, req: HttpRequest, body: web::Bytes) ->
         .unwrap_or("")
         .to_owned();
     lock(&state.webhooks).push((signature, String::from_utf8_lossy(&body).into_owned()));
+    HttpResponse::Ok().finish()
+}
+
+async fn logs(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let delay = *lock(&state.logs_delay);
+    if !delay.is_zero() {
+        actix_web::rt::time::sleep(delay).await;
+    }
+    let failing = state
+        .logs_failures
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if failing {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    let Ok(batch) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    if let Some(auth) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        lock(&state.logs_authorization).push(auth.to_owned());
+    }
+    if let Some(records) = batch["records"].as_array() {
+        lock(&state.logs).extend(records.iter().cloned());
+    }
     HttpResponse::Ok().finish()
 }

@@ -39,6 +39,7 @@
 
 mod background;
 mod error;
+mod forward;
 mod locks;
 mod manager;
 mod model;
@@ -48,6 +49,7 @@ mod refresh;
 
 pub use background::{NotifierConfig, RefresherConfig};
 pub use error::{Error, Result};
+pub use forward::{AuditSink, ForwarderConfig, audit_entry_json};
 pub use manager::{RefreshPolicy, TokenManager, TokenManagerBuilder};
 pub use model::{
     DeleteOutcome, IssuedToken, RequestContext, Revocation, RevocationOutcome, SecretInfo,

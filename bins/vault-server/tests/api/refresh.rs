@@ -317,3 +317,66 @@ async fn readiness_fails_when_the_database_cannot_take_writes() {
     let res = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
 }
+
+#[actix_web::test]
+async fn the_usage_log_is_forwarded_and_pruned_keeping_the_chain() {
+    let fake = FakeProvider::start();
+    let app = spawn_app_with(&format!(
+        "[audit]\nretention_days = 1\nprune_interval_secs = 1\n[audit.forward]\nurl = \"{}\"\ninterval_ms = 50\n",
+        fake.url("/logs")
+    ))
+    .await;
+    app.store(&slack_body()).await;
+    for _ in 0..4 {
+        app.get("/vault/token/pf_203/slack").await;
+    }
+    // Forwarded, in order.
+    for _ in 0..300 {
+        if fake.logged().len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let ids: Vec<i64> = fake
+        .logged()
+        .iter()
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    assert_eq!(&ids[..5], [1, 2, 3, 4, 5]);
+    assert!(!format!("{:?}", fake.logged()).contains("xoxb-abc-0001"));
+
+    // Two days later retention prunes what was delivered.
+    app.clock.advance(time::Duration::days(2));
+    let count = || {
+        rusqlite::Connection::open(app.db_path())
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    for _ in 0..300 {
+        if count() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(count(), 0);
+    app.get("/vault/token/pf_203/slack").await;
+
+    // The chain still verifies from the signed checkpoint.
+    use vault_secret_store::SecretStore;
+    let keys = vault_encryption_layer::LocalKeyProvider::from_file(
+        &app.dir.path().join("master.key"),
+        false,
+    )
+    .unwrap();
+    let mac = vault_server::audit::HmacAuditMac::derive(&keys)
+        .await
+        .unwrap();
+    let store = vault_secret_store::SqliteStore::open(&app.db_path())
+        .await
+        .unwrap();
+    let v = store.verify_audit(std::sync::Arc::new(mac)).await.unwrap();
+    assert_eq!(v.problem, None, "{v:?}");
+    assert_eq!(v.pruned_through, Some(5));
+    assert_eq!(v.last_verified_seq, Some(6));
+}

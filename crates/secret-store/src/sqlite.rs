@@ -101,6 +101,12 @@ pub struct SqliteOptions {
     pub readers: usize,
     /// How long a statement waits for a lock before failing.
     pub busy_timeout: Duration,
+    /// Group commit of usage records appended on their own (reads): one
+    /// writer commits every record waiting at once, each caller waiting for
+    /// the commit that holds its record. Off: one commit per record.
+    pub group_commit: bool,
+    /// Most usage records in one group commit.
+    pub group_commit_max: usize,
 }
 
 impl Default for SqliteOptions {
@@ -108,6 +114,62 @@ impl Default for SqliteOptions {
         Self {
             readers: 4,
             busy_timeout: Duration::from_secs(5),
+            group_commit: true,
+            group_commit_max: 512,
+        }
+    }
+}
+
+/// A usage record waiting for the group commit, and who to tell.
+type Pending = (AuditRecord, tokio::sync::oneshot::Sender<Result<()>>);
+
+/// The group-commit writer: takes every record waiting, commits them in one
+/// transaction, answers each caller. Records queue while a commit runs, so
+/// batches grow with load and a lone record is committed at once. Ends when
+/// the store is dropped.
+fn group_commit_loop(
+    inner: std::sync::Weak<Inner>,
+    rx: std::sync::mpsc::Receiver<Pending>,
+    max: usize,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(Error::Invalid("the store is closed")));
+            }
+            return;
+        };
+        let mac = inner.audit_mac.get().map(|m| m.as_ref());
+        let (records, replies): (Vec<AuditRecord>, Vec<_>) = batch.into_iter().unzip();
+        let result = (|| -> Result<()> {
+            let mut conn = lock(&inner.writer);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            insert_audits(&tx, &records, mac)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                for reply in replies {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // Fail closed: nobody whose record is not committed is told
+                // otherwise. The error is rebuilt per caller (it is not Clone).
+                let message = e.to_string();
+                tracing::error!(error = %message, records = records.len(), "usage-log group commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Corrupt(format!("usage log: {message}"))));
+                }
+            }
         }
     }
 }
@@ -118,6 +180,7 @@ struct Inner {
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     audit_mac: OnceLock<Arc<dyn AuditMac>>,
+    group_commit: Option<Mutex<std::sync::mpsc::Sender<Pending>>>,
 }
 
 /// A [`SecretStore`] in one SQLite file.
@@ -370,6 +433,15 @@ fn prune_tx(
 }
 
 fn insert_audit(tx: &Connection, r: &AuditRecord, mac: Option<&dyn AuditMac>) -> Result<()> {
+    insert_audits(tx, std::slice::from_ref(r), mac)
+}
+
+/// Appends `records` in order, each chained to the one before.
+fn insert_audits(
+    tx: &Connection,
+    records: &[AuditRecord],
+    mac: Option<&dyn AuditMac>,
+) -> Result<()> {
     let mut last: Option<(i64, Option<Vec<u8>>)> = tx
         .prepare_cached("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -382,29 +454,33 @@ fn insert_audit(tx: &Connection, r: &AuditRecord, mac: Option<&dyn AuditMac>) ->
             .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
     }
-    let seq = last.as_ref().map_or(0, |(s, _)| *s) + 1;
-    let prev = last
+    let mut seq = last.as_ref().map_or(0, |(s, _)| *s);
+    let mut prev = last
         .and_then(|(_, m)| m)
         .unwrap_or_else(|| GENESIS.to_vec());
-    let record_mac = mac.map(|m| chain_mac(m, &prev, seq, r).to_vec());
-    tx.prepare_cached(
+    let mut stmt = tx.prepare_cached(
         "INSERT INTO audit_log (seq, at_ms, request_id, engine_id, action, environment, project,
              platform, outcome, detail, mac)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?
-    .execute(params![
-        seq,
-        ms(r.at),
-        r.request_id,
-        r.engine_id,
-        r.action.as_str(),
-        r.environment,
-        r.project,
-        r.platform,
-        r.outcome.as_str(),
-        r.detail,
-        record_mac,
-    ])?;
+    )?;
+    for r in records {
+        seq += 1;
+        let record_mac = mac.map(|m| chain_mac(m, &prev, seq, r).to_vec());
+        stmt.execute(params![
+            seq,
+            ms(r.at),
+            r.request_id,
+            r.engine_id,
+            r.action.as_str(),
+            r.environment,
+            r.project,
+            r.platform,
+            r.outcome.as_str(),
+            r.detail,
+            record_mac,
+        ])?;
+        prev = record_mac.unwrap_or_else(|| GENESIS.to_vec());
+    }
     Ok(())
 }
 
@@ -849,15 +925,27 @@ impl SqliteStore {
                 Ok(Mutex::new(conn))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                path,
-                writer: Mutex::new(writer),
-                readers,
-                next_reader: AtomicUsize::new(0),
-                audit_mac: OnceLock::new(),
-            }),
-        })
+        let (tx, rx) = std::sync::mpsc::channel();
+        let inner = Arc::new(Inner {
+            path,
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            audit_mac: OnceLock::new(),
+            group_commit: options.group_commit.then(|| Mutex::new(tx)),
+        });
+        if options.group_commit {
+            let weak = Arc::downgrade(&inner);
+            let max = options.group_commit_max.max(1);
+            std::thread::Builder::new()
+                .name("vault-audit-commit".into())
+                .spawn(move || group_commit_loop(weak, rx, max))
+                .map_err(|source| Error::Io {
+                    path: "group commit thread".into(),
+                    source,
+                })?;
+        }
+        Ok(Self { inner })
     }
 
     /// The database file.
@@ -987,6 +1075,19 @@ impl SecretStore for SqliteStore {
     }
 
     async fn append_audit(&self, record: AuditRecord) -> Result<()> {
+        if let Some(queue) = &self.inner.group_commit {
+            let (reply, done) = tokio::sync::oneshot::channel();
+            let sent = queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send((record, reply));
+            if sent.is_err() {
+                return Err(Error::Invalid("the usage-log writer has stopped"));
+            }
+            return done
+                .await
+                .map_err(|_| Error::Invalid("the usage-log writer has stopped"))?;
+        }
         self.with_writer(move |c, mac| insert_audit(c, &record, mac))
             .await
     }

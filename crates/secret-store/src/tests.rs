@@ -838,3 +838,54 @@ async fn sqlite_the_chain_continues_after_everything_was_pruned() {
         (None, 1, Some(4))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_group_commit_keeps_every_record_in_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(chained_store(&dir, 0).await);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = std::sync::Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            store
+                .append_audit(audit(AuditAction::Read, &format!("g{i}")))
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!((v.records, v.verified, v.problem), (200, 200, None));
+}
+
+#[tokio::test]
+async fn sqlite_a_failed_usage_log_write_is_an_error_for_its_caller() {
+    for group_commit in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(
+            &dir.path().join("vault.db"),
+            SqliteOptions {
+                group_commit,
+                ..SqliteOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        raw(&store)
+            .execute_batch(
+                "CREATE TRIGGER full BEFORE INSERT ON audit_log BEGIN SELECT RAISE(FAIL, 'disk full'); END;",
+            )
+            .unwrap();
+        assert!(
+            store
+                .append_audit(audit(AuditAction::Read, "x"))
+                .await
+                .is_err(),
+            "group commit {group_commit}"
+        );
+    }
+}

@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     pub(crate) unpersisted: Mutex<HashMap<SecretAddress, (u64, Refreshed)>>,
     /// Refresh outcomes and provider latency.
     pub(crate) metrics: TokenMetrics,
+    /// Whether reads are recorded (always, outside benchmarks).
+    pub(crate) audit_reads: bool,
 }
 
 /// The token manager's own metrics.
@@ -127,9 +129,20 @@ pub struct TokenManagerBuilder {
     providers: ProviderRegistry,
     policy: RefreshPolicy,
     notifications: bool,
+    audit_reads: bool,
 }
 
 impl TokenManagerBuilder {
+    /// Skips the usage record of successful reads. Only for measuring what
+    /// auditing costs (`examples/audit_overhead.rs`); a vault that serves
+    /// tokens without recording them breaks its own guarantees, and the
+    /// server never sets this.
+    #[doc(hidden)]
+    pub fn skip_read_audit_for_benchmarks(mut self) -> Self {
+        self.audit_reads = false;
+        self
+    }
+
     /// The providers that refresh and revoke tokens, by platform. Without
     /// any, every secret is a manual token: served until it expires.
     pub fn providers(mut self, providers: ProviderRegistry) -> Self {
@@ -164,6 +177,7 @@ impl TokenManagerBuilder {
                 spawned: Mutex::default(),
                 unpersisted: Mutex::default(),
                 metrics: TokenMetrics::default(),
+                audit_reads: self.audit_reads,
             }),
         }
     }
@@ -265,6 +279,7 @@ impl TokenManager {
             providers: ProviderRegistry::new(),
             policy: RefreshPolicy::default(),
             notifications: false,
+            audit_reads: true,
         }
     }
 
@@ -564,15 +579,17 @@ impl TokenManager {
         };
         match result {
             Ok(token) => {
-                let record = audit_record(
-                    self.now(),
-                    ctx,
-                    AuditAction::Read,
-                    Some(address),
-                    AuditOutcome::Success,
-                    None,
-                );
-                self.audit(record).await?;
+                if self.inner.audit_reads {
+                    let record = audit_record(
+                        self.now(),
+                        ctx,
+                        AuditAction::Read,
+                        Some(address),
+                        AuditOutcome::Success,
+                        None,
+                    );
+                    self.audit(record).await?;
+                }
                 Ok(token)
             }
             Err(err) => Err(self

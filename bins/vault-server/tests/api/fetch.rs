@@ -118,3 +118,24 @@ async fn health_needs_no_auth() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["status"], "ok");
 }
+
+#[actix_web::test]
+async fn a_read_that_cannot_be_recorded_is_not_served() {
+    let app = spawn_app().await;
+    app.store(&slack_body()).await;
+    let conn = rusqlite::Connection::open(app.db_path()).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER full BEFORE INSERT ON audit_log BEGIN SELECT RAISE(FAIL, 'disk full'); END;",
+    )
+    .unwrap();
+    let res = app.get("/vault/token/pf_203/slack").await;
+    assert_eq!(res.status().as_u16(), 503);
+    let text = res.text().await.unwrap();
+    assert!(!text.contains("xoxb-abc-0001"), "nothing returned: {text}");
+    assert!(text.contains("audit_unavailable"), "{text}");
+    conn.execute_batch("DROP TRIGGER full;").unwrap();
+    assert_eq!(
+        app.get("/vault/token/pf_203/slack").await.status().as_u16(),
+        200
+    );
+}

@@ -6,6 +6,8 @@
 //! Run with:
 //! `cargo run --release -p vault-token-manager --example audit_overhead [SECONDS]`
 
+#![allow(clippy::unwrap_used)] // a benchmark: any failure should stop it loudly
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

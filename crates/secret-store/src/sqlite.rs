@@ -180,7 +180,7 @@ struct Inner {
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     audit_mac: OnceLock<Arc<dyn AuditMac>>,
-    group_commit: Option<Mutex<std::sync::mpsc::Sender<Pending>>>,
+    group_commit: Option<std::sync::mpsc::Sender<Pending>>,
 }
 
 /// A [`SecretStore`] in one SQLite file.
@@ -932,7 +932,7 @@ impl SqliteStore {
             readers,
             next_reader: AtomicUsize::new(0),
             audit_mac: OnceLock::new(),
-            group_commit: options.group_commit.then(|| Mutex::new(tx)),
+            group_commit: options.group_commit.then_some(tx),
         });
         if options.group_commit {
             let weak = Arc::downgrade(&inner);
@@ -1077,10 +1077,7 @@ impl SecretStore for SqliteStore {
     async fn append_audit(&self, record: AuditRecord) -> Result<()> {
         if let Some(queue) = &self.inner.group_commit {
             let (reply, done) = tokio::sync::oneshot::channel();
-            let sent = queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send((record, reply));
+            let sent = queue.send((record, reply));
             if sent.is_err() {
                 return Err(Error::Invalid("the usage-log writer has stopped"));
             }

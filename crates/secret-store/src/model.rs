@@ -352,6 +352,10 @@ pub struct StoreStats {
     pub secrets_by_status: Vec<(SecretStatus, u64)>,
     /// Notifications waiting for delivery.
     pub notifications_pending: u64,
-    /// Records in the usage log.
+    /// The last sequence number of the usage log.
     pub audit_records: u64,
+    /// Each usage-log sink's cursor (the last record it delivered).
+    pub audit_cursors: Vec<(String, i64)>,
+    /// Usage records waiting for the group commit.
+    pub audit_queue: u64,
 }

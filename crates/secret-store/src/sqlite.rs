@@ -132,6 +132,15 @@ fn group_commit_loop(
     rx: std::sync::mpsc::Receiver<Pending>,
     max: usize,
 ) {
+    struct Stopped(std::sync::Weak<Inner>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            if let Some(inner) = self.0.upgrade() {
+                inner.committer_alive.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+    let _stopped = Stopped(std::sync::Weak::clone(&inner));
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < max {
@@ -148,6 +157,7 @@ fn group_commit_loop(
         };
         let mac = inner.audit_mac.get().map(|m| m.as_ref());
         let (records, replies): (Vec<AuditRecord>, Vec<_>) = batch.into_iter().unzip();
+        inner.queued.fetch_sub(records.len(), Ordering::Relaxed);
         let result = (|| -> Result<()> {
             let mut conn = lock(&inner.writer);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -181,6 +191,10 @@ struct Inner {
     next_reader: AtomicUsize,
     audit_mac: OnceLock<Arc<dyn AuditMac>>,
     group_commit: Option<std::sync::mpsc::Sender<Pending>>,
+    /// Usage records waiting for the group commit.
+    queued: AtomicUsize,
+    /// Whether the group-commit thread is running.
+    committer_alive: std::sync::atomic::AtomicBool,
 }
 
 /// A [`SecretStore`] in one SQLite file.
@@ -933,6 +947,8 @@ impl SqliteStore {
             next_reader: AtomicUsize::new(0),
             audit_mac: OnceLock::new(),
             group_commit: options.group_commit.then_some(tx),
+            queued: AtomicUsize::new(0),
+            committer_alive: std::sync::atomic::AtomicBool::new(options.group_commit),
         });
         if options.group_commit {
             let weak = Arc::downgrade(&inner);
@@ -1077,8 +1093,10 @@ impl SecretStore for SqliteStore {
     async fn append_audit(&self, record: AuditRecord) -> Result<()> {
         if let Some(queue) = &self.inner.group_commit {
             let (reply, done) = tokio::sync::oneshot::channel();
+            self.inner.queued.fetch_add(1, Ordering::Relaxed);
             let sent = queue.send((record, reply));
             if sent.is_err() {
+                self.inner.queued.fetch_sub(1, Ordering::Relaxed);
                 return Err(Error::Invalid("the usage-log writer has stopped"));
             }
             return done
@@ -1256,6 +1274,10 @@ impl SecretStore for SqliteStore {
         .await
     }
 
+    fn audit_writer_alive(&self) -> bool {
+        self.inner.group_commit.is_none() || self.inner.committer_alive.load(Ordering::SeqCst)
+    }
+
     async fn ready(&self) -> Result<()> {
         self.with_writer(|c, _| {
             // Takes the write lock and lets it go: the writer is alive and
@@ -1284,13 +1306,24 @@ impl SecretStore for SqliteStore {
                 let n: i64 = c.query_row(sql, [], |r| r.get(0))?;
                 u64_of(n, "count")
             };
+            let mut cursors =
+                c.prepare_cached("SELECT name, seq FROM audit_cursors ORDER BY name")?;
+            let audit_cursors = cursors
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(StoreStats {
                 secrets_by_status,
                 notifications_pending: count("SELECT COUNT(*) FROM notifications")?,
                 audit_records: count("SELECT COALESCE(MAX(seq), 0) FROM audit_log")?,
+                audit_cursors,
+                audit_queue: 0,
             })
         })
         .await
+        .map(|mut stats| {
+            stats.audit_queue = self.inner.queued.load(Ordering::Relaxed) as u64;
+            stats
+        })
     }
 
     async fn health(&self) -> Result<()> {

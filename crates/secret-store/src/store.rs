@@ -133,8 +133,11 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     /// Checks that the store can serve requests.
     async fn health(&self) -> Result<()>;
 
-    /// Checks that the store can take writes (the usage log included) now.
+    /// Checks that the store can take writes now.
     async fn ready(&self) -> Result<()>;
+
+    /// Whether the usage-log writer is running.
+    fn audit_writer_alive(&self) -> bool;
 
     /// Counts for metrics.
     async fn stats(&self) -> Result<StoreStats>;

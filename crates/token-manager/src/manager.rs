@@ -737,14 +737,34 @@ impl TokenManager {
         render_gauge(
             out,
             "vault_audit_records",
-            "Records in the usage log.",
+            "Sequence number of the newest usage record.",
             &[(Vec::new(), stats.audit_records as f64)],
+        );
+        render_gauge(
+            out,
+            "vault_audit_queue_depth",
+            "Usage records waiting for the group commit.",
+            &[(Vec::new(), stats.audit_queue as f64)],
+        );
+        let lag: Vec<_> = stats
+            .audit_cursors
+            .iter()
+            .map(|(sink, seq)| {
+                let behind = (stats.audit_records as i64 - seq).max(0);
+                (vec![("sink", sink.clone())], behind as f64)
+            })
+            .collect();
+        render_gauge(
+            out,
+            "vault_audit_forward_lag_records",
+            "Usage records a sink has not delivered yet.",
+            &lag,
         );
         Ok(())
     }
 
-    /// Checks that the vault can serve: storage takes writes (the usage log
-    /// included) and the master key seals and opens.
+    /// Checks that the vault can serve: storage takes writes, the master key
+    /// seals and opens, and the usage-log writer runs.
     pub async fn readiness(&self) -> Vec<(&'static str, Result<()>)> {
         let database = self.inner.store.ready().await.map_err(Error::from);
         let key = async {
@@ -753,7 +773,18 @@ impl TokenManager {
             Ok::<(), Error>(())
         }
         .await;
-        vec![("database", database), ("master_key", key)]
+        let audit_writer = if self.inner.store.audit_writer_alive() {
+            Ok(())
+        } else {
+            Err(Error::AuditUnavailable(vault_secret_store::Error::Invalid(
+                "the usage-log writer has stopped",
+            )))
+        };
+        vec![
+            ("database", database),
+            ("master_key", key),
+            ("audit_writer", audit_writer),
+        ]
     }
 
     /// Usage records matching `query`, newest first.

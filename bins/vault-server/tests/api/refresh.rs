@@ -286,6 +286,7 @@ async fn metrics_and_readiness() {
         "vault_secrets{status=\"active\"} 1",
         "vault_secrets{status=\"reauth_required\"} 0",
         "vault_notifications_pending 0",
+        "vault_audit_queue_depth 0",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
@@ -300,6 +301,7 @@ async fn metrics_and_readiness() {
     assert_eq!(body["status"], "ready");
     assert_eq!(body["checks"]["database"], "ok");
     assert_eq!(body["checks"]["master_key"], "ok");
+    assert_eq!(body["checks"]["audit_writer"], "ok");
 }
 
 #[actix_web::test]

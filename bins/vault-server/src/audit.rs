@@ -103,6 +103,13 @@ async fn execute(config: &Config, cmd: AuditCommand) -> Result<ExitCode, String>
                         AuditProblem::Checkpoint { seq } => {
                             ("is a forged retention checkpoint", seq)
                         }
+                        AuditProblem::Anchor { seq } => ("is named by a forged chain anchor", seq),
+                        AuditProblem::Unanchored => {
+                            println!(
+                                "chain BROKEN: the log has records but its chain anchors are gone"
+                            );
+                            return Ok(ExitCode::from(1));
+                        }
                     };
                     println!("chain BROKEN: record {seq} {what}");
                     Ok(ExitCode::from(1))

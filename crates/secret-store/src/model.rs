@@ -275,7 +275,7 @@ pub struct AuditVerification {
     pub records: u64,
     /// Records whose MAC verified.
     pub verified: u64,
-    /// Records written before the chain began (no MAC), at the start.
+    /// Records written before the chain began (no MAC to check).
     pub unchained: u64,
     /// Sequence number of the last record that verified.
     pub last_verified_seq: Option<i64>,
@@ -309,6 +309,14 @@ pub enum AuditProblem {
         /// Sequence number of the last pruned record.
         seq: i64,
     },
+    /// A signed anchor of the chain (its start or its head) is not the
+    /// vault's.
+    Anchor {
+        /// The sequence number the anchor names.
+        seq: i64,
+    },
+    /// The log has records but no anchors: the chain's marks were removed.
+    Unanchored,
 }
 
 /// A usage record as stored, with its place in the chain.

@@ -91,7 +91,15 @@ const MIGRATIONS: &[&str] = &[
         mac       BLOB    NOT NULL,
         at_ms     INTEGER NOT NULL,
         signature BLOB    NOT NULL
-    ) STRICT;",
+    ) STRICT;", // 7: signed anchors of the chain (where it starts, where it ends) and
+    // signed sink cursors.
+    "CREATE TABLE audit_anchors (
+        name      TEXT    PRIMARY KEY,
+        seq       INTEGER NOT NULL,
+        mac       BLOB    NOT NULL,
+        signature BLOB    NOT NULL
+    ) STRICT;
+    ALTER TABLE audit_cursors ADD COLUMN signature BLOB;",
 ];
 
 /// Tuning for [`SqliteStore`].
@@ -415,6 +423,45 @@ fn checkpoint_signature(mac: &dyn AuditMac, seq: i64, record_mac: &[u8], at_ms: 
     mac.mac(&data)
 }
 
+/// The signature of a chain anchor (`start`: the chain begins after `seq`
+/// from `mac`; `head`: the newest record is `seq` with `mac`) or of a sink
+/// cursor (`cursor:<name>`, with an empty MAC).
+fn anchor_signature(mac: &dyn AuditMac, name: &str, seq: i64, anchor_mac: &[u8]) -> [u8; 32] {
+    let mut data = b"vault-audit-anchor-v1".to_vec();
+    data.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    data.extend_from_slice(name.as_bytes());
+    data.extend_from_slice(&seq.to_be_bytes());
+    data.extend_from_slice(&(anchor_mac.len() as u32).to_be_bytes());
+    data.extend_from_slice(anchor_mac);
+    mac.mac(&data)
+}
+
+fn put_anchor(
+    tx: &Connection,
+    mac: &dyn AuditMac,
+    name: &str,
+    seq: i64,
+    anchor_mac: &[u8],
+) -> Result<()> {
+    let signature = anchor_signature(mac, name, seq, anchor_mac);
+    tx.prepare_cached(
+        "INSERT INTO audit_anchors (name, seq, mac, signature) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, mac = excluded.mac,
+             signature = excluded.signature",
+    )?
+    .execute(params![name, seq, anchor_mac, signature.to_vec()])?;
+    Ok(())
+}
+
+type Anchor = (i64, Vec<u8>, Vec<u8>);
+
+fn get_anchor(conn: &Connection, name: &str) -> Result<Option<Anchor>> {
+    Ok(conn
+        .prepare_cached("SELECT seq, mac, signature FROM audit_anchors WHERE name = ?1")?
+        .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?)
+}
+
 fn prune_tx(
     conn: &mut Connection,
     mac: &dyn AuditMac,
@@ -477,6 +524,13 @@ fn insert_audits(
              platform, outcome, detail, mac)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
+    if let Some(m) = mac
+        && get_anchor(tx, "start")?.is_none()
+    {
+        // The first chained record: everything before it is from before
+        // the chain, and the signed start anchor says so.
+        put_anchor(tx, m, "start", seq, &prev)?;
+    }
     for r in records {
         seq += 1;
         let record_mac = mac.map(|m| chain_mac(m, &prev, seq, r).to_vec());
@@ -494,6 +548,10 @@ fn insert_audits(
             record_mac,
         ])?;
         prev = record_mac.unwrap_or_else(|| GENESIS.to_vec());
+    }
+    if let Some(m) = mac {
+        // The signed head: cutting records off the end is found.
+        put_anchor(tx, m, "head", seq, &prev)?;
     }
     Ok(())
 }
@@ -562,9 +620,8 @@ fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerificati
         pruned_through: None,
         problem: None,
     };
-    let mut prev = GENESIS.to_vec();
-    let mut last_seq: Option<i64> = None;
-    let mut chained = false;
+    let start = get_anchor(conn, "start")?;
+    let head = get_anchor(conn, "head")?;
     let checkpoint: Option<(i64, Vec<u8>, i64, Vec<u8>)> = conn
         .query_row(
             "SELECT seq, mac, at_ms, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
@@ -572,34 +629,61 @@ fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerificati
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
+    let Some((start_seq, start_mac, start_sig)) = start else {
+        if !rows.is_empty() || checkpoint.is_some() {
+            // Records, but no sign that the chain ever began: its anchors
+            // were removed (or no record was written since it began).
+            report.problem = Some(AuditProblem::Unanchored);
+        }
+        return Ok(report);
+    };
+    if anchor_signature(mac, "start", start_seq, &start_mac).as_slice() != start_sig.as_slice() {
+        report.problem = Some(AuditProblem::Anchor { seq: start_seq });
+        return Ok(report);
+    }
+    // Where verification begins: after the start anchor, or after the
+    // newest retention checkpoint when that is later.
+    let mut prev = start_mac;
+    let mut from = start_seq;
     if let Some((seq, record_mac, at_ms, signature)) = checkpoint {
         if checkpoint_signature(mac, seq, &record_mac, at_ms).as_slice() != signature.as_slice() {
             report.problem = Some(AuditProblem::Checkpoint { seq });
             return Ok(report);
         }
-        // The chain continues from the last pruned record.
-        prev = record_mac;
-        last_seq = Some(seq);
-        chained = true;
         report.pruned_through = Some(seq);
+        if seq > from {
+            prev = record_mac;
+            from = seq;
+        }
     }
-    let rows: Vec<ChainRow> = rows
-        .into_iter()
-        .filter(|(seq, _, _)| report.pruned_through.is_none_or(|p| *seq > p))
-        .collect();
-    report.records = rows.len() as u64;
+    let mut chained_rows = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq = row.0;
+        if report.pruned_through.is_some_and(|p| seq <= p) {
+            // Retention deleted everything up to its checkpoint.
+            report.problem = Some(AuditProblem::Inserted { seq });
+            return Ok(report);
+        }
+        if seq <= from {
+            // From before the chain began: it carries no MAC to check.
+            if row.2.is_some() {
+                report.problem = Some(AuditProblem::Inserted { seq });
+                return Ok(report);
+            }
+            report.unchained += 1;
+        } else {
+            chained_rows.push(row);
+        }
+    }
+    let rows = chained_rows;
+    report.records = rows.len() as u64 + report.unchained;
+    let mut last_seq: Option<i64> = Some(from);
     let expected = |prev: &[u8], seq: i64, record: &Option<AuditRecord>| {
         record
             .as_ref()
             .map(|r| chain_mac(mac, prev, seq, r).to_vec())
     };
     for (i, (seq, record, stored)) in rows.iter().enumerate() {
-        if !chained && stored.is_none() {
-            report.unchained += 1;
-            last_seq = Some(*seq);
-            continue;
-        }
-        chained = true;
         if last_seq.is_some_and(|l| *seq != l + 1) {
             report.problem = Some(AuditProblem::Removed { seq: *seq });
             return Ok(report);
@@ -628,6 +712,22 @@ fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerificati
         report.verified += 1;
         report.last_verified_seq = Some(*seq);
         last_seq = Some(*seq);
+    }
+    // The signed head must name the newest record: records cut off the end
+    // (or a file restored from an older copy of the log) show here.
+    let end = last_seq.unwrap_or(from);
+    match head {
+        Some((head_seq, head_mac, head_sig)) => {
+            if anchor_signature(mac, "head", head_seq, &head_mac).as_slice() != head_sig.as_slice()
+            {
+                report.problem = Some(AuditProblem::Anchor { seq: head_seq });
+            } else if head_seq > end {
+                report.problem = Some(AuditProblem::Removed { seq: end + 1 });
+            } else if head_seq < end || head_mac != prev {
+                report.problem = Some(AuditProblem::Inserted { seq: head_seq + 1 });
+            }
+        }
+        None => report.problem = Some(AuditProblem::Unanchored),
     }
     Ok(report)
 }
@@ -1153,25 +1253,48 @@ impl SecretStore for SqliteStore {
 
     async fn audit_cursor(&self, name: &str) -> Result<i64> {
         let name = name.to_owned();
+        let mac = self.inner.audit_mac.get().cloned();
         self.with_reader(move |c| {
-            let seq: Option<i64> = c
-                .prepare_cached("SELECT seq FROM audit_cursors WHERE name = ?1")?
-                .query_row(params![name], |r| r.get(0))
+            let row: Option<(i64, Option<Vec<u8>>)> = c
+                .prepare_cached("SELECT seq, signature FROM audit_cursors WHERE name = ?1")?
+                .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            Ok(seq.unwrap_or(0))
+            let Some((seq, signature)) = row else {
+                return Ok(0);
+            };
+            if let Some(m) = mac {
+                // A cursor moved by hand would make forwarding skip records
+                // and retention prune undelivered ones.
+                let want = anchor_signature(m.as_ref(), &format!("cursor:{name}"), seq, &[]);
+                if signature.as_deref() != Some(want.as_slice()) {
+                    return Err(Error::Corrupt(format!(
+                        "the usage-log cursor {name} was not set by the vault"
+                    )));
+                }
+            }
+            Ok(seq)
         })
         .await
     }
 
     async fn set_audit_cursor(&self, name: &str, seq: i64) -> Result<()> {
         let name = name.to_owned();
-        self.with_writer(move |c, _| {
+        self.with_writer(move |c, mac| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<i64> = tx
+                .query_row("SELECT seq FROM audit_cursors WHERE name = ?1", params![name], |r| {
+                    r.get(0)
+                })
+                .optional()?;
             // Cursors only move forward.
-            c.prepare_cached(
-                "INSERT INTO audit_cursors (name, seq) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq)",
-            )?
-            .execute(params![name, seq])?;
+            let seq = current.map_or(seq, |c| c.max(seq));
+            let signature = mac.map(|m| anchor_signature(m, &format!("cursor:{name}"), seq, &[]).to_vec());
+            tx.execute(
+                "INSERT INTO audit_cursors (name, seq, signature) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, signature = excluded.signature",
+                params![name, seq, signature],
+            )?;
+            tx.commit()?;
             Ok(())
         })
         .await

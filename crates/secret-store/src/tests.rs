@@ -889,3 +889,76 @@ async fn sqlite_a_failed_usage_log_write_is_an_error_for_its_caller() {
         );
     }
 }
+
+#[tokio::test]
+async fn sqlite_stripping_the_chain_is_found() {
+    // Every MAC removed.
+    let dir = tempfile::tempdir().unwrap();
+    let store = chained_store(&dir, 5).await;
+    raw(&store)
+        .execute("UPDATE audit_log SET mac = NULL", [])
+        .unwrap();
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert!(v.problem.is_some(), "{v:?}");
+    // …and the anchors and checkpoints with them.
+    raw(&store)
+        .execute_batch("DELETE FROM audit_anchors; DELETE FROM audit_checkpoints;")
+        .unwrap();
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!(v.problem, Some(AuditProblem::Unanchored));
+}
+
+#[tokio::test]
+async fn sqlite_cutting_off_the_newest_records_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chained_store(&dir, 6).await;
+    raw(&store)
+        .execute("DELETE FROM audit_log WHERE seq >= 5", [])
+        .unwrap();
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!(v.problem, Some(AuditProblem::Removed { seq: 5 }));
+    assert_eq!(v.last_verified_seq, Some(4));
+}
+
+#[tokio::test]
+async fn sqlite_forged_rows_below_a_checkpoint_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chained_store(&dir, 6).await;
+    store.prune_audit(T0 + Duration::days(1), 3).await.unwrap();
+    raw(&store)
+        .execute(
+            "INSERT INTO audit_log (seq, at_ms, request_id, action, outcome)
+             VALUES (2, 0, 'forged-old', 'read', 'success')",
+            [],
+        )
+        .unwrap();
+    let v = store
+        .verify_audit(std::sync::Arc::new(TestMac))
+        .await
+        .unwrap();
+    assert_eq!(v.problem, Some(AuditProblem::Inserted { seq: 2 }));
+}
+
+#[tokio::test]
+async fn sqlite_a_cursor_moved_by_hand_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chained_store(&dir, 6).await;
+    store.set_audit_cursor("forward", 2).await.unwrap();
+    assert_eq!(store.audit_cursor("forward").await.unwrap(), 2);
+    raw(&store)
+        .execute(
+            "UPDATE audit_cursors SET seq = 6 WHERE name = 'forward'",
+            [],
+        )
+        .unwrap();
+    assert!(store.audit_cursor("forward").await.is_err());
+}

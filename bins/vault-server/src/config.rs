@@ -739,6 +739,18 @@ impl Config {
                 ));
             }
         }
+        if let Some(ecc) = &a.ecc
+            && (ecc.timeout_ms > 60_000 || ecc.cache_ttl_secs > 86_400)
+        {
+            return Err(ConfigError::Invalid(
+                "access.ecc: timeout_ms at most 60000, cache_ttl_secs at most 86400".into(),
+            ));
+        }
+        if a.lockout_secs > 604_800 || a.engine_reload_secs > 86_400 {
+            return Err(ConfigError::Invalid(
+                "access: lockout_secs at most 604800, engine_reload_secs at most 86400".into(),
+            ));
+        }
         if a.max_failures == 0 || a.lockout_secs == 0 || a.engine_reload_secs == 0 {
             return Err(ConfigError::Invalid(
                 "access: max_failures, lockout_secs and engine_reload_secs must be positive".into(),

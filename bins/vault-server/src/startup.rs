@@ -221,7 +221,16 @@ impl EngineSource for DbEngines {
                 vault_access_resolver::Error::Unavailable(format!("engine list: {e}"))
             })?;
         let mut out = Vec::with_capacity(records.len());
-        for r in records.into_iter().filter(|r| r.revoked_at.is_none()) {
+        for r in records {
+            if r.revoked_at.is_some() {
+                // Known and refused: no grants, a hash no token has.
+                out.push(EngineConfig {
+                    id: r.id,
+                    token_sha256: "00".repeat(32),
+                    grants: Vec::new(),
+                });
+                continue;
+            }
             let grants = r
                 .grants
                 .iter()
@@ -268,18 +277,19 @@ async fn resolver(
     config: &Config,
     store: &Arc<dyn SecretStore>,
 ) -> Result<Arc<dyn AccessResolver>, StartupError> {
-    let mut engines = configured_engines(config)?;
-    let managed = store.list_engines().await?;
-    let any_managed = managed.iter().any(|e| e.revoked_at.is_none());
+    let engines = configured_engines(config)?;
+    let any_managed = !store.list_engines().await?.is_empty();
+    let mut fallback = Vec::new();
     if engines.is_empty() && !any_managed && config.access.resolver == ResolverKind::Local {
         let path = config.dev_token_file();
         let token = dev_engine_token(&path)?;
         tracing::warn!(
             token_file = %path.display(),
             "no engines are configured: DEVELOPMENT SETUP with engine `dev` holding every grant; \
-             its token is in the token file. Configure [[engines]] before storing real credentials"
+             its token is in the token file. Configure [[engines]] or add one with \
+             `vault-server engine add` (the dev engine then stops working) before storing real credentials"
         );
-        engines.push(EngineConfig {
+        fallback.push(EngineConfig {
             id: "dev".into(),
             token_sha256: token_sha256_hex(&token),
             grants: vec![
@@ -292,6 +302,7 @@ async fn resolver(
     let local = Arc::new(
         ConfigResolver::with_source(
             engines,
+            fallback,
             Arc::new(DbEngines::new(Arc::clone(store))),
             Duration::from_secs(config.access.engine_reload_secs),
         )

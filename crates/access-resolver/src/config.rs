@@ -37,7 +37,9 @@ struct Engine {
 /// with `vault-server engine …`, kept in the database).
 #[async_trait]
 pub trait EngineSource: fmt::Debug + Send + Sync + 'static {
-    /// Every engine that is not revoked.
+    /// Every managed engine. A revoked one is listed with no grants and a
+    /// token hash no token has, so it stays known (and refused) rather
+    /// than being passed on to another resolver.
     async fn engines(&self) -> Result<Vec<EngineConfig>>;
 }
 
@@ -58,6 +60,7 @@ struct Snapshot {
 /// only when one of the engine's grants allows it.
 pub struct ConfigResolver {
     fixed: Vec<EngineConfig>,
+    fallback: Vec<EngineConfig>,
     source: Option<(Arc<dyn EngineSource>, Duration)>,
     snapshot: RwLock<Snapshot>,
     reloading: tokio::sync::Mutex<()>,
@@ -75,7 +78,18 @@ impl fmt::Debug for ConfigResolver {
     }
 }
 
-fn engine_map(fixed: &[EngineConfig], dynamic: Vec<EngineConfig>) -> Result<EngineMap> {
+fn engine_map(
+    fixed: &[EngineConfig],
+    dynamic: Vec<EngineConfig>,
+    fallback: &[EngineConfig],
+) -> Result<EngineMap> {
+    // The fallback (the development engine) exists only while no engine
+    // is configured or managed at all, revoked ones included.
+    let fixed = if fixed.is_empty() && dynamic.is_empty() {
+        fallback
+    } else {
+        fixed
+    };
     let mut map = HashMap::with_capacity(fixed.len() + dynamic.len());
     for (engine, from_config) in fixed
         .iter()
@@ -116,9 +130,10 @@ fn engine_map(fixed: &[EngineConfig], dynamic: Vec<EngineConfig>) -> Result<Engi
 impl ConfigResolver {
     /// Validates the engine list and builds a resolver over it alone.
     pub fn new(engines: Vec<EngineConfig>) -> Result<Self> {
-        let map = engine_map(&engines, Vec::new())?;
+        let map = engine_map(&engines, Vec::new(), &[])?;
         Ok(Self {
             fixed: engines,
+            fallback: Vec::new(),
             source: None,
             snapshot: RwLock::new(Snapshot {
                 engines: Arc::new(map),
@@ -129,15 +144,18 @@ impl ConfigResolver {
     }
 
     /// A resolver over `engines` and those of `source`, re-read at most
-    /// every `reload_every`.
+    /// every `reload_every`. `fallback` engines (the development engine)
+    /// count only while there is no other engine at all.
     pub async fn with_source(
         engines: Vec<EngineConfig>,
+        fallback: Vec<EngineConfig>,
         source: Arc<dyn EngineSource>,
         reload_every: Duration,
     ) -> Result<Self> {
-        let map = engine_map(&engines, source.engines().await?)?;
+        let map = engine_map(&engines, source.engines().await?, &fallback)?;
         Ok(Self {
             fixed: engines,
+            fallback,
             source: Some((source, reload_every)),
             snapshot: RwLock::new(Snapshot {
                 engines: Arc::new(map),
@@ -170,7 +188,11 @@ impl ConfigResolver {
         let Some((source, _)) = &self.source else {
             return Err(Error::Unavailable("no engine source".into()));
         };
-        let map = Arc::new(engine_map(&self.fixed, source.engines().await?)?);
+        let map = Arc::new(engine_map(
+            &self.fixed,
+            source.engines().await?,
+            &self.fallback,
+        )?);
         let mut s = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
         s.engines = Arc::clone(&map);
         s.loaded_at = Instant::now();
@@ -363,6 +385,7 @@ mod tests {
         }])));
         let r = ConfigResolver::with_source(
             vec![],
+            vec![],
             Arc::clone(&managed) as Arc<dyn EngineSource>,
             Duration::from_millis(50),
         )
@@ -381,6 +404,40 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(r.authenticate(&creds("ops-2")).await.is_err());
         assert!(!r.knows("ops").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_fallback_engine_lives_only_while_no_other_exists() {
+        let managed = Arc::new(Managed(std::sync::Mutex::new(vec![])));
+        let dev = EngineConfig {
+            id: "dev".into(),
+            token_sha256: token_sha256_hex("dev-token"),
+            grants: vec!["*:*:*:*".parse().unwrap()],
+        };
+        let r = ConfigResolver::with_source(
+            vec![],
+            vec![dev],
+            Arc::clone(&managed) as Arc<dyn EngineSource>,
+            Duration::from_millis(20),
+        )
+        .await
+        .unwrap();
+        r.authenticate(&EngineCredentials::new("dev", "dev-token"))
+            .await
+            .unwrap();
+        // A revoked managed engine still counts as an engine.
+        managed.0.lock().unwrap().push(EngineConfig {
+            id: "ops".into(),
+            token_sha256: "00".repeat(32),
+            grants: vec![],
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            r.authenticate(&EngineCredentials::new("dev", "dev-token"))
+                .await
+                .is_err()
+        );
+        assert!(r.knows("ops").await.unwrap(), "revoked engines stay known");
     }
 
     #[test]

@@ -69,7 +69,7 @@ async fn authenticate(
         creds.as_ref().map(|c| c.engine_id.as_str()),
         req.peer_addr().map(|a| a.ip()),
     );
-    if let Some(wait) = limiter.locked(&keys) {
+    if let Err(wait) = limiter.begin(&keys) {
         // Not recorded: the lockout itself was, and a locked-out client
         // must not be able to flood the usage log.
         return Err(ApiError::new(
@@ -108,6 +108,7 @@ async fn authenticate(
             tracing::warn!(request_id = %request_id, "authentication failed");
             let err: ApiError = e.into();
             if unavailable {
+                limiter.abandon(&keys);
                 return Err(refuse(state, &anonymous, action, None, err).await);
             }
             let err = refuse(state, &anonymous, action, None, err).await;

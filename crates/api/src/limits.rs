@@ -34,6 +34,9 @@ impl Default for AccessLimits {
 #[derive(Debug)]
 struct Failures {
     count: u32,
+    /// Authentications under way for this key: counted before they are
+    /// decided, so parallel guesses cannot all slip past the check.
+    in_flight: u32,
     since: Instant,
     locked_until: Option<Instant>,
 }
@@ -79,15 +82,40 @@ impl Limiter {
         }
     }
 
-    /// Seconds until the lockout of any of `keys` ends, if one is locked.
-    pub(crate) fn locked(&self, keys: &[String]) -> Option<u64> {
+    /// Starts an authentication under `keys`: `Err(seconds)` while any of
+    /// them is locked out, or when failures plus authentications already
+    /// under way reach the limit. Each `Ok` must be followed by
+    /// [`Limiter::fail`] or [`Limiter::succeed`].
+    pub(crate) fn begin(&self, keys: &[String]) -> Result<(), u64> {
         let now = Instant::now();
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        keys.iter()
-            .filter_map(|k| map.get(k)?.locked_until)
-            .filter(|until| *until > now)
-            .map(|until| (until - now).as_secs().max(1))
-            .max()
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let window = self.limits.lockout;
+        let mut wait = None;
+        for key in keys {
+            if let Some(f) = map.get(key) {
+                if let Some(until) = f.locked_until.filter(|u| *u > now) {
+                    wait = wait.max(Some((until - now).as_secs().max(1)));
+                } else if now.duration_since(f.since) < window
+                    && f.count + f.in_flight >= self.limits.max_failures
+                {
+                    wait = wait.max(Some(1));
+                }
+            }
+        }
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
+        for key in keys {
+            map.entry(key.clone())
+                .or_insert(Failures {
+                    count: 0,
+                    in_flight: 0,
+                    since: now,
+                    locked_until: None,
+                })
+                .in_flight += 1;
+        }
+        Ok(())
     }
 
     /// Counts a failed authentication; true when it starts a lockout.
@@ -99,22 +127,27 @@ impl Limiter {
             map.retain(|_, f| {
                 now.duration_since(f.since) < window || f.locked_until.is_some_and(|u| u > now)
             });
+            if map.len() >= MAX_ENTRIES {
+                // Still full of live entries (a flood of distinct keys): keep
+                // the lockouts, drop the rest.
+                map.retain(|_, f| f.locked_until.is_some_and(|u| u > now));
+            }
         }
         let mut started = false;
         for key in keys {
             let entry = map.entry(key.clone()).or_insert(Failures {
                 count: 0,
+                in_flight: 1,
                 since: now,
                 locked_until: None,
             });
+            entry.in_flight = entry.in_flight.saturating_sub(1);
             if now.duration_since(entry.since) >= window
                 && entry.locked_until.is_none_or(|u| u <= now)
             {
-                *entry = Failures {
-                    count: 0,
-                    since: now,
-                    locked_until: None,
-                };
+                entry.count = 0;
+                entry.since = now;
+                entry.locked_until = None;
             }
             entry.count += 1;
             if entry.count >= self.limits.max_failures
@@ -127,12 +160,31 @@ impl Limiter {
         started
     }
 
-    /// Forgets the failures of `keys` after a successful authentication.
+    /// Ends a successful authentication. The address's failures are
+    /// forgotten; the engine id's are not (they lapse with the window), so
+    /// the real engine's traffic cannot wipe out an attacker's count.
     pub(crate) fn succeed(&self, keys: &[String]) {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         for key in keys {
-            if map.get(key).is_some_and(|f| f.locked_until.is_none()) {
-                map.remove(key);
+            if let Some(f) = map.get_mut(key) {
+                f.in_flight = f.in_flight.saturating_sub(1);
+                if key.starts_with("ip:") && f.locked_until.is_none() {
+                    f.count = 0;
+                }
+                if f.count == 0 && f.in_flight == 0 && f.locked_until.is_none() {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Ends an authentication that reached no decision (the resolver was
+    /// unavailable): it counts neither way.
+    pub(crate) fn abandon(&self, keys: &[String]) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            if let Some(f) = map.get_mut(key) {
+                f.in_flight = f.in_flight.saturating_sub(1);
             }
         }
     }
@@ -183,31 +235,64 @@ mod tests {
     fn lockout_after_max_failures_by_engine_or_address() {
         let l = limiter(3, 0, 1);
         let k = keys(Some("execution"), "10.0.0.1".parse().ok());
-        assert!(!l.fail(&k));
-        assert!(!l.fail(&k));
-        assert!(l.locked(&k).is_none());
+        let attempt = |l: &Limiter| {
+            l.begin(&k).unwrap();
+            l.fail(&k)
+        };
+        assert!(!attempt(&l));
+        assert!(!attempt(&l));
+        assert!(l.begin(&k).is_ok());
         assert!(l.fail(&k), "third failure starts the lockout");
-        assert!(l.locked(&k).unwrap() > 50);
+        assert!(l.begin(&k).unwrap_err() > 50);
         // The same address with another engine id is locked too…
         let other = keys(Some("ghost"), "10.0.0.1".parse().ok());
-        assert!(l.locked(&other).is_some());
+        assert!(l.begin(&other).is_err());
         // …and the same engine from another address.
         let moved = keys(Some("execution"), "10.0.0.2".parse().ok());
-        assert!(l.locked(&moved).is_some());
-        // A success does not lift a lockout.
-        l.succeed(&k);
-        assert!(l.locked(&k).is_some());
+        assert!(l.begin(&moved).is_err());
     }
 
     #[test]
-    fn success_forgets_earlier_failures() {
+    fn parallel_guesses_are_counted_before_they_are_decided() {
         let l = limiter(3, 0, 1);
-        let k = keys(Some("execution"), None);
-        l.fail(&k);
-        l.fail(&k);
+        let k = keys(Some("execution"), "10.0.0.1".parse().ok());
+        assert!(l.begin(&k).is_ok());
+        assert!(l.begin(&k).is_ok());
+        assert!(l.begin(&k).is_ok());
+        assert!(l.begin(&k).is_err(), "three under way: a fourth waits");
+        l.abandon(&k);
+        assert!(l.begin(&k).is_ok());
+    }
+
+    #[test]
+    fn the_real_engine_cannot_wipe_an_attackers_count() {
+        let l = limiter(3, 0, 1);
+        let attacker = keys(Some("execution"), "10.0.0.66".parse().ok());
+        let engine = keys(Some("execution"), "10.0.0.1".parse().ok());
+        for _ in 0..2 {
+            l.begin(&attacker).unwrap();
+            l.fail(&attacker);
+            l.begin(&engine).unwrap();
+            l.succeed(&engine);
+        }
+        l.begin(&attacker).unwrap();
+        assert!(l.fail(&attacker), "the third guess locks the id out");
+    }
+
+    #[test]
+    fn success_forgets_the_failures_of_its_address() {
+        let l = limiter(3, 0, 1);
+        let k = [keys(None, "10.0.0.9".parse().ok())[1].clone()];
+        for _ in 0..2 {
+            l.begin(&k).unwrap();
+            l.fail(&k);
+        }
+        l.begin(&k).unwrap();
         l.succeed(&k);
-        assert!(!l.fail(&k));
-        assert!(!l.fail(&k));
+        for _ in 0..2 {
+            l.begin(&k).unwrap();
+            assert!(!l.fail(&k));
+        }
     }
 
     #[test]

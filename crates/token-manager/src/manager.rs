@@ -341,12 +341,16 @@ impl TokenManager {
 
     /// Appends a usage record (and emits it as a tracing event).
     pub(crate) async fn audit(&self, record: AuditRecord) -> Result<()> {
-        trace_audit(&record);
+        // Traced once durable, so the log never shows a record the usage
+        // log does not have.
+        let traced = record.clone();
         self.inner
             .store
             .append_audit(record)
             .await
-            .map_err(Error::AuditUnavailable)
+            .map_err(Error::AuditUnavailable)?;
+        trace_audit(&traced);
+        Ok(())
     }
 
     /// Records a request the token manager did not handle itself: a

@@ -487,6 +487,16 @@ fn tokens_due_while_the_vault_was_down_are_refreshed_after_start() {
     assert_eq!(body["access_token"], "at-refreshed-1");
     assert_eq!(fake.refresh_calls(), 1);
     assert!(!s.logs().contains("rt-original") && !s.logs().contains("at-refreshed"));
+    assert!(
+        !s.logs().contains(vault_test_support::CLIENT_SECRET),
+        "no client secret in the logs"
+    );
+    let db = std::fs::read(dir.path().join("vault-data/vault.db")).unwrap();
+    let secret = vault_test_support::CLIENT_SECRET.as_bytes();
+    assert!(
+        !db.windows(secret.len()).any(|w| w == secret),
+        "nor on disk"
+    );
 }
 
 #[test]

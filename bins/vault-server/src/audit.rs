@@ -41,30 +41,10 @@ impl AuditMac for HmacAuditMac {
 
 /// Runs an audit command; the process exit code (1 when the chain is broken).
 pub fn run(config_path: Option<&Path>, cmd: AuditCommand) -> ExitCode {
-    let config = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(execute(&config, cmd)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::cli::run_tool(
+        config_path,
+        |config| async move { execute(&config, cmd).await },
+    )
 }
 
 async fn execute(config: &Config, cmd: AuditCommand) -> Result<ExitCode, String> {

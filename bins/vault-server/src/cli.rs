@@ -1,7 +1,7 @@
 //! The command line.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -126,6 +126,39 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %e, "vault failed to start or stopped with an error");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs an offline command: loads the configuration (exit 2 when it is
+/// invalid), runs `command` on a small runtime, prints its error (exit 1).
+pub(crate) fn run_tool<F, Fut>(config_path: Option<&Path>, command: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, String>>,
+{
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command(config)) {
+        Ok(code) => code,
+        Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }

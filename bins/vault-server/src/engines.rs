@@ -22,30 +22,10 @@ use crate::config::{Config, StorageBackend};
 
 /// Runs an engine command; the process exit code.
 pub fn run(config_path: Option<&Path>, cmd: EngineCommand) -> ExitCode {
-    let config = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(execute(&config, cmd)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::cli::run_tool(
+        config_path,
+        |config| async move { execute(&config, cmd).await },
+    )
 }
 
 async fn open(config: &Config) -> Result<Arc<dyn SecretStore>, String> {
@@ -75,7 +55,7 @@ async fn find(store: &dyn SecretStore, id: &str) -> Result<EngineRecord, String>
         .ok_or_else(|| format!("no managed engine {id}"))
 }
 
-async fn execute(config: &Config, cmd: EngineCommand) -> Result<(), String> {
+async fn execute(config: &Config, cmd: EngineCommand) -> Result<ExitCode, String> {
     let store = open(config).await?;
     let now = time::OffsetDateTime::now_utc();
     match cmd {
@@ -151,5 +131,5 @@ async fn execute(config: &Config, cmd: EngineCommand) -> Result<(), String> {
             println!("{token}");
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -39,6 +39,18 @@ pub enum Command {
     /// The usage log: verify its chain, export it.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `vault-server config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration (file and VAULT__… variables) and print
+    /// the effective configuration, token hashes masked; exit 2 when it is
+    /// invalid.
+    Check,
 }
 
 /// `vault-server audit …`.
@@ -86,6 +98,22 @@ pub fn main() -> ExitCode {
         Command::HashToken => hash_token(),
         Command::Engine(cmd) => crate::engines::run(cli.config.as_deref(), cmd),
         Command::Audit(cmd) => crate::audit::run(cli.config.as_deref(), cmd),
+        Command::Config(ConfigCommand::Check) => config_check(cli.config.as_deref()),
+    }
+}
+
+fn config_check(path: Option<&Path>) -> ExitCode {
+    let shown = Config::load(path).and_then(|c| c.effective_toml());
+    match shown {
+        Ok(toml) => {
+            eprintln!("configuration is valid; effective configuration:");
+            print!("{toml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

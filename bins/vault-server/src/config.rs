@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use vault_access_resolver::GrantSpec;
 use vault_token_manager::provider::{AuthKind, BodyFormat, ClientAuth, ProviderDefinition};
 
@@ -19,7 +19,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration. Unknown keys are rejected.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Directory for the embedded default's files (database, key, dev token).
@@ -62,7 +62,7 @@ pub struct Config {
 }
 
 /// `[audit]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Append a JSON-lines copy of the usage log to this file.
@@ -92,7 +92,7 @@ impl Default for AuditConfig {
 }
 
 /// `[audit.forward]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardConfig {
     /// Receiver URL (JSON batches are POSTed there).
@@ -115,7 +115,7 @@ pub struct ForwardConfig {
 }
 
 /// Which access resolver decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResolverKind {
     /// Engines from `[[engines]]` and `vault-server engine …` (the default).
@@ -127,7 +127,7 @@ pub enum ResolverKind {
 }
 
 /// `[access]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessConfig {
     /// `local`, `ecc` or `chain`.
@@ -170,7 +170,7 @@ impl Default for AccessConfig {
 }
 
 /// `[access.ecc]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EccSettings {
     /// Where decisions are asked (the contract is in docs/access-control.md).
@@ -188,7 +188,7 @@ pub struct EccSettings {
 
 /// `[providers.NAME]`: a provider's client credentials and, for other than
 /// the built-ins (`slack`, `google`, `notion`, `stripe`), its endpoints.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderEntry {
     /// `oauth2`, `oauth2_static` or `api_key`; built-ins know their own.
@@ -270,7 +270,7 @@ impl ProviderEntry {
 }
 
 /// `[refresh]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshConfig {
     /// Run the background refresher.
@@ -329,7 +329,7 @@ impl Default for RefreshConfig {
 
 /// `[notifications]`: signed webhooks when a secret needs re-authorization
 /// and when it recovers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationsConfig {
     /// Where to POST them.
@@ -349,7 +349,7 @@ pub struct NotificationsConfig {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -374,7 +374,7 @@ impl Default for ServerConfig {
 }
 
 /// `[server.tls]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first.
@@ -388,7 +388,7 @@ pub struct TlsConfig {
 }
 
 /// Storage back ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
     /// One SQLite file (the embedded default).
@@ -396,7 +396,7 @@ pub enum StorageBackend {
 }
 
 /// `[storage]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// Which back end.
@@ -417,7 +417,7 @@ impl Default for StorageConfig {
 }
 
 /// Key providers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyProviderKind {
     /// A base64 key in a file.
@@ -427,7 +427,7 @@ pub enum KeyProviderKind {
 }
 
 /// `[keys]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
     /// Which provider.
@@ -457,7 +457,7 @@ impl Default for KeysConfig {
 }
 
 /// `[vault]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultConfig {
     /// Environment used when a request names none.
@@ -474,7 +474,7 @@ impl Default for VaultConfig {
 }
 
 /// Log formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -484,7 +484,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// Output format.
@@ -505,7 +505,7 @@ impl Default for LogConfig {
 }
 
 /// `[[engines]]`: one pre-approved engine.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineEntry {
     /// Engine id (`X-Engine-Id`).
@@ -782,6 +782,17 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("master.key"))
     }
 
+    /// The effective configuration as TOML, for `config check`: engine
+    /// token hashes are masked (the configuration holds no other secret;
+    /// client secrets and keys are named by variable or file only).
+    pub fn effective_toml(&self) -> Result<String, ConfigError> {
+        let mut shown = self.clone();
+        for engine in &mut shown.engines {
+            engine.token_sha256 = "[redacted]".into();
+        }
+        toml::to_string_pretty(&shown).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
     /// Where the development engine's token is written.
     pub fn dev_token_file(&self) -> PathBuf {
         self.data_dir.join("dev-engine.token")
@@ -883,6 +894,24 @@ mod tests {
         ] {
             assert!(check_url("u", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_effective_configuration_masks_token_hashes_and_reparses() {
+        let c = Config::from_toml(
+            "[[engines]]\nid = \"x\"\ntoken_sha256 = \"ab\"\ngrants = [\"read:*:*:*\"]\n[providers.slack]\nclient_id = \"1.2\"\nclient_secret_env = \"S\"",
+        )
+        .unwrap();
+        let shown = c.effective_toml().unwrap();
+        assert!(
+            shown.contains("[redacted]") && !shown.contains("\"ab\""),
+            "{shown}"
+        );
+        assert!(shown.contains("client_secret_env = \"S\""));
+        assert!(
+            Config::from_toml(&shown).is_ok(),
+            "the output is a valid configuration"
+        );
     }
 
     #[test]

@@ -706,3 +706,36 @@ fn the_usage_log_chain_verifies_and_tampering_is_found() {
     assert_eq!(code, 1);
     assert!(out.contains("record 3 missing before"), "{out}");
 }
+
+#[test]
+fn config_check_validates_and_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vault.toml");
+    std::fs::write(
+        &config,
+        "[[engines]]\nid = \"execution\"\ntoken_sha256 = \"5e8848a1b3f0c2d4e6f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e\"\ngrants = [\"read:prod:*:*\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", config.to_str().unwrap(), "config", "check"])
+        .env("VAULT__SERVER__WORKERS", "3")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        shown.contains("workers = 3"),
+        "environment applied: {shown}"
+    );
+    assert!(
+        shown.contains("[redacted]") && !shown.contains("5e8848a1"),
+        "{shown}"
+    );
+    std::fs::write(&config, "[server]\nworkers = 0\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", config.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("workers"));
+}

@@ -267,7 +267,7 @@ impl FromStr for Grant {
 }
 
 /// A grant as written in configuration: the compact string or a table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(untagged)]
 pub enum GrantSpec {
     /// `"read:prod:*:*"`.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use vault_types::Secret;
 
 /// How a platform's credentials behave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthKind {
     /// OAuth 2.0 with refresh tokens (RFC 6749 §6).
@@ -24,7 +24,7 @@ pub enum AuthKind {
 }
 
 /// How the vault authenticates to the token endpoint (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// HTTP Basic with client id and secret.
@@ -34,7 +34,7 @@ pub enum ClientAuth {
 }
 
 /// Encoding of token and revocation request bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BodyFormat {
     /// `application/x-www-form-urlencoded` (RFC 6749).

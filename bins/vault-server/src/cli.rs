@@ -42,6 +42,18 @@ pub enum Command {
     /// The configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Import tokens from a JSON-lines file (one store request per line).
+    /// Every line is validated first; one bad line and nothing is imported.
+    Import {
+        /// The file.
+        file: PathBuf,
+        /// Validate and report only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Import the valid lines even when some are not.
+        #[arg(long)]
+        continue_on_error: bool,
+    },
 }
 
 /// `vault-server config …`.
@@ -99,6 +111,18 @@ pub fn main() -> ExitCode {
         Command::Engine(cmd) => crate::engines::run(cli.config.as_deref(), cmd),
         Command::Audit(cmd) => crate::audit::run(cli.config.as_deref(), cmd),
         Command::Config(ConfigCommand::Check) => config_check(cli.config.as_deref()),
+        Command::Import {
+            file,
+            dry_run,
+            continue_on_error,
+        } => crate::import::run(
+            cli.config.as_deref(),
+            &file,
+            crate::import::ImportOptions {
+                dry_run,
+                continue_on_error,
+            },
+        ),
     }
 }
 

@@ -25,5 +25,6 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod engines;
+pub mod import;
 pub mod startup;
 pub mod telemetry;

@@ -106,6 +106,22 @@ pub async fn open_existing(
     Ok((store, keys))
 }
 
+/// A token manager over the configured store, key and providers, for
+/// command-line tools that write secrets (a missing key is created as the
+/// server would, and records are chained).
+pub async fn tool_token_manager(config: &Config) -> Result<TokenManager, StartupError> {
+    let store = open_store(config).await?;
+    let in_use = store.key_ids_in_use().await?;
+    let keys = load_keys(config, &in_use, true)?;
+    store.chain_audit(Arc::new(HmacAuditMac::derive(keys.as_ref()).await?));
+    Ok(
+        TokenManager::builder(store, Envelope::new(keys), Arc::new(SystemClock))
+            .providers(providers(config)?)
+            .refresh_policy(refresh_policy(config))
+            .build(),
+    )
+}
+
 /// A running vault: its address and a handle to stop it.
 pub struct Application {
     server: Server,

@@ -739,3 +739,77 @@ fn config_check_validates_and_masks() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("workers"));
 }
+
+fn import(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .current_dir(dir)
+        .env_remove("VAULT_CONFIG")
+        .arg("import")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn secret_count(dir: &Path) -> i64 {
+    let db = dir.join("vault-data/vault.db");
+    if !db.exists() {
+        return 0;
+    }
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM secrets", [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+#[test]
+fn import_is_all_or_nothing_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &file,
+        [
+            r#"{"project_id":"pf_1","platform":"Slack","token_data":{"access_token":"xoxb-IMPORT-1","refresh_token":"rt-1","expires_in":3600,"scopes":["chat:write"]}}"#,
+            r#"{"project_id":"pf_2","platform":"stripe","environment":"dev","token_data":{"access_token":"sk_IMPORT_2"}}"#,
+            r#"{"project_id":"pf 3","platform":"notion","token_data":{"access_token":"secret_IMPORT_3"}}"#,
+            "",
+            r#"{"project_id":"pf_4","platform":"acme","token_data":{"access_token":"IMPORT-SECRET-4","expires_in":"soon"}}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+
+    let (code, err) = import(dir.path(), &[path, "--dry-run"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("line 3: project") && err.contains("line 5:"),
+        "{err}"
+    );
+    assert!(err.contains("2 valid, 2 invalid"), "{err}");
+    assert!(!err.contains("IMPORT"), "no value echoed: {err}");
+    assert_eq!(secret_count(dir.path()), 0);
+
+    let (code, err) = import(dir.path(), &[path]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nothing imported"), "{err}");
+    assert_eq!(secret_count(dir.path()), 0, "nothing half-imported");
+
+    let (code, err) = import(dir.path(), &[path, "--continue-on-error"]);
+    assert_eq!(code, 1, "some lines were bad: {err}");
+    assert!(err.contains("imported 2/2"), "{err}");
+    assert_eq!(secret_count(dir.path()), 2);
+
+    // The imported tokens are served.
+    let s = start(dir.path(), &[]).unwrap();
+    let token = dev_token(dir.path());
+    let body: Value = get(&s, &token, "/vault/token/pf_1/slack").json().unwrap();
+    assert_eq!(body["access_token"], "xoxb-IMPORT-1");
+    let body: Value = get(&s, &token, "/vault/token/pf_2/stripe?env=dev")
+        .json()
+        .unwrap();
+    assert_eq!(body["access_token"], "sk_IMPORT_2");
+}

@@ -252,6 +252,12 @@ pub(crate) fn normalise_scopes(scopes: &[String], field: &str) -> Result<Vec<Str
 }
 
 impl StoreRequest {
+    /// Checks every field as [`TokenManager::store`](crate::TokenManager::store)
+    /// would, without storing anything (for dry runs and bulk imports).
+    pub fn check(&self) -> Result<()> {
+        self.validate().map(|_| ())
+    }
+
     /// Checks every field; returns the normalised scopes and token type.
     pub(crate) fn validate(&self) -> Result<(Vec<String>, String)> {
         let t = &self.token;

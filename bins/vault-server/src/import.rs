@@ -1,0 +1,127 @@
+//! `vault-server import FILE`: bulk import of tokens from JSON lines, for
+//! moving from another token store.
+//!
+//! Each line is one store request, the body of `POST /vault/store`
+//! (`project_id`, `platform`, optional `environment`, `token_data`, optional
+//! `metadata`; `engine_id` is accepted and ignored). Every line is parsed
+//! and validated before anything is written: one bad line and nothing is
+//! imported, unless `--continue-on-error` imports the good ones. Errors name
+//! the line and what is wrong, never a value from it.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde::Deserialize;
+use vault_token_manager::{RequestContext, StoreRequest, TokenData};
+use vault_types::SecretAddress;
+
+use crate::config::Config;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    #[serde(default)]
+    #[allow(dead_code)]
+    engine_id: Option<String>,
+    project_id: String,
+    platform: String,
+    #[serde(default)]
+    environment: Option<String>,
+    token_data: TokenData,
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// How to import.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportOptions {
+    /// Validate and report only.
+    pub dry_run: bool,
+    /// Import the valid lines even when some are not.
+    pub continue_on_error: bool,
+}
+
+fn parse(config: &Config, n: usize, text: &str) -> Result<StoreRequest, String> {
+    let line: Line = serde_json::from_str(text).map_err(|e| {
+        let what = if e.is_syntax() || e.is_eof() {
+            "not valid JSON".to_owned()
+        } else if e.to_string().starts_with("missing field") {
+            e.to_string()
+                .split(" at line")
+                .next()
+                .unwrap_or("a field is missing")
+                .to_owned()
+        } else if e.to_string().starts_with("unknown field") {
+            "an unknown field".to_owned()
+        } else {
+            "not the shape of a store request".to_owned()
+        };
+        format!("line {n}: {what}")
+    })?;
+    let env = line
+        .environment
+        .as_deref()
+        .unwrap_or(&config.vault.default_environment);
+    let address = SecretAddress::new(env, &line.project_id, &line.platform)
+        .map_err(|e| format!("line {n}: {e}"))?;
+    let mut request = StoreRequest::new(address, line.token_data);
+    request.metadata = line.metadata;
+    request.check().map_err(|e| format!("line {n}: {e}"))?;
+    Ok(request)
+}
+
+/// Runs the import; the process exit code.
+pub fn run(config_path: Option<&Path>, file: &Path, options: ImportOptions) -> ExitCode {
+    let file = file.to_owned();
+    crate::cli::run_tool(config_path, move |config| async move {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("reading {}: {e}", file.display()))?;
+        let mut good = Vec::new();
+        let mut bad = 0usize;
+        for (i, raw) in text.lines().enumerate() {
+            if raw.trim().is_empty() {
+                continue;
+            }
+            match parse(&config, i + 1, raw) {
+                Ok(r) => good.push((i + 1, r)),
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("{e}");
+                }
+            }
+        }
+        eprintln!("{} valid, {bad} invalid", good.len());
+        if options.dry_run {
+            eprintln!("dry run: nothing imported");
+            return Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        if bad > 0 && !options.continue_on_error {
+            eprintln!("nothing imported (use --continue-on-error to import the valid lines)");
+            return Ok(ExitCode::from(1));
+        }
+        let tokens = crate::startup::tool_token_manager(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let total = good.len();
+        let mut failed = 0usize;
+        for (done, (n, request)) in good.into_iter().enumerate() {
+            let ctx = RequestContext::new(format!("import-{n}"), Some("import".into()));
+            if let Err(e) = tokens.store(&ctx, request).await {
+                failed += 1;
+                eprintln!("line {n}: {e}");
+            }
+            if (done + 1) % 1000 == 0 || done + 1 == total {
+                eprintln!("imported {}/{total}", done + 1 - failed);
+            }
+        }
+        Ok(if bad == 0 && failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    })
+}

@@ -754,6 +754,22 @@ fn insert_notification(tx: &Connection, at: OffsetDateTime, n: &NewNotification)
     Ok(())
 }
 
+/// Writes the usage record (and the notification, if any) that describe a
+/// change into the change's own transaction, and commits it.
+fn commit_with_records(
+    tx: Transaction<'_>,
+    audit: &AuditRecord,
+    notification: Option<&NewNotification>,
+    mac: Option<&dyn AuditMac>,
+) -> Result<()> {
+    insert_audit(&tx, audit, mac)?;
+    if let Some(n) = notification {
+        insert_notification(&tx, audit.at, n)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 fn put_tx(
     conn: &mut Connection,
     w: &SecretWrite,
@@ -820,12 +836,7 @@ fn put_tx(
         r.failure_count,
         r.next_attempt_at.map(ms),
     ])?;
-    insert_audit(&tx, audit, mac)?;
-    if let Some(n) = notification {
-        insert_notification(&tx, w.at, n)?;
-    }
-    tx.commit()?;
-    Ok(())
+    commit_with_records(tx, audit, notification, mac)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -863,12 +874,7 @@ fn update_state_tx(
         r.failure_count,
         r.next_attempt_at.map(ms),
     ])?;
-    insert_audit(&tx, audit, mac)?;
-    if let Some(n) = notification {
-        insert_notification(&tx, audit.at, n)?;
-    }
-    tx.commit()?;
-    Ok(())
+    commit_with_records(tx, audit, notification, mac)
 }
 
 fn addresses(rows: Vec<(String, String, String)>) -> Result<Vec<SecretAddress>> {

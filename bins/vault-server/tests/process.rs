@@ -813,3 +813,32 @@ fn import_is_all_or_nothing_unless_told_otherwise() {
         .unwrap();
     assert_eq!(body["access_token"], "sk_IMPORT_2");
 }
+
+#[test]
+fn the_shell_walkthrough_runs_against_the_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[]).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/walkthrough.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&s.base)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "[HTTP 201]",
+        "\"access_token\":\"xoxb-walkthrough\"",
+        "insufficient_scope",
+        "[HTTP 401]",
+        "\"deleted\":true",
+        "[HTTP 404]",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+}

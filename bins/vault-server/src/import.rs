@@ -2,8 +2,8 @@
 //! moving from another token store.
 //!
 //! Each line is one store request, the body of `POST /vault/store`
-//! (`project_id`, `platform`, optional `environment`, `token_data`, optional
-//! `metadata`; `engine_id` is accepted and ignored). Every line is parsed
+//! ([`StoreBody`]: `project_id`, `platform`, optional `environment`,
+//! `token_data`, optional `metadata`; `engine_id` is accepted and ignored). Every line is parsed
 //! and validated before anything is written: one bad line and nothing is
 //! imported, unless `--continue-on-error` imports the good ones. Errors name
 //! the line and what is wrong, never a value from it.
@@ -11,26 +11,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use serde::Deserialize;
-use vault_token_manager::{RequestContext, StoreRequest, TokenData};
-use vault_types::SecretAddress;
+use vault_token_manager::{RequestContext, StoreBody, StoreRequest, describe_json_error};
 
 use crate::config::Config;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    #[serde(default)]
-    #[allow(dead_code)]
-    engine_id: Option<String>,
-    project_id: String,
-    platform: String,
-    #[serde(default)]
-    environment: Option<String>,
-    token_data: TokenData,
-    #[serde(default)]
-    metadata: Option<serde_json::Map<String, serde_json::Value>>,
-}
 
 /// How to import.
 #[derive(Debug, Clone, Copy)]
@@ -42,30 +25,11 @@ pub struct ImportOptions {
 }
 
 fn parse(config: &Config, n: usize, text: &str) -> Result<StoreRequest, String> {
-    let line: Line = serde_json::from_str(text).map_err(|e| {
-        let what = if e.is_syntax() || e.is_eof() {
-            "not valid JSON".to_owned()
-        } else if e.to_string().starts_with("missing field") {
-            e.to_string()
-                .split(" at line")
-                .next()
-                .unwrap_or("a field is missing")
-                .to_owned()
-        } else if e.to_string().starts_with("unknown field") {
-            "an unknown field".to_owned()
-        } else {
-            "not the shape of a store request".to_owned()
-        };
-        format!("line {n}: {what}")
-    })?;
-    let env = line
-        .environment
-        .as_deref()
-        .unwrap_or(&config.vault.default_environment);
-    let address = SecretAddress::new(env, &line.project_id, &line.platform)
+    let body: StoreBody =
+        serde_json::from_str(text).map_err(|e| format!("line {n}: {}", describe_json_error(&e)))?;
+    let request = body
+        .into_request(&config.vault.default_environment)
         .map_err(|e| format!("line {n}: {e}"))?;
-    let mut request = StoreRequest::new(address, line.token_data);
-    request.metadata = line.metadata;
     request.check().map_err(|e| format!("line {n}: {e}"))?;
     Ok(request)
 }

@@ -4,24 +4,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use vault_token_manager::provider::TokenKind;
-use vault_token_manager::{DeleteOutcome, IssuedToken, RevocationOutcome, SecretInfo, TokenData};
+use vault_token_manager::{DeleteOutcome, IssuedToken, RevocationOutcome, SecretInfo};
 use vault_types::{Secret, SecretAddress};
-
-/// `POST /vault/store` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct StoreBody {
-    /// The storing engine; must match the authenticated one when given.
-    #[serde(default)]
-    pub(crate) engine_id: Option<String>,
-    pub(crate) project_id: String,
-    pub(crate) platform: String,
-    #[serde(default)]
-    pub(crate) environment: Option<String>,
-    pub(crate) token_data: TokenData,
-    #[serde(default)]
-    pub(crate) metadata: Option<serde_json::Map<String, serde_json::Value>>,
-}
 
 /// Query of `GET /vault/token/...`.
 #[derive(Debug, Deserialize)]

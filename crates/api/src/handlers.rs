@@ -3,12 +3,12 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use vault_access_resolver::{AccessRequest, Action, Principal};
-use vault_token_manager::{AuditAction, AuditOutcome, RequestContext, StoreRequest};
+use vault_token_manager::{AuditAction, AuditOutcome, RequestContext, StoreBody};
 use vault_types::{ErrorKind, SecretAddress};
 
 use crate::dto::{
     AuditEntryBody, AuditPageBody, AuditParams, DeleteBody, DeleteProjectBody, EnvQuery,
-    SecretInfoBody, StoreBody, TokenBody, TokenQuery,
+    SecretInfoBody, TokenBody, TokenQuery,
 };
 use crate::request::{credentials, json_body, parse_json, request_id};
 use crate::{ApiError, ApiState};
@@ -196,17 +196,11 @@ pub(crate) async fn store(
         );
         return Err(refuse(&state, &caller.ctx, action, None, err).await);
     }
-    let env = body
-        .environment
-        .as_deref()
-        .unwrap_or(&state.inner.default_environment);
-    let address = match SecretAddress::new(env, &body.project_id, &body.platform) {
-        Ok(a) => a,
+    let request = match body.into_request(&state.inner.default_environment) {
+        Ok(r) => r,
         Err(e) => return Err(refuse(&state, &caller.ctx, action, None, e.into()).await),
     };
-    authorize(&state, &caller, action, &address, &[]).await?;
-    let mut request = StoreRequest::new(address, body.token_data);
-    request.metadata = body.metadata;
+    authorize(&state, &caller, action, &request.address, &[]).await?;
     let info = state.inner.tokens.store(&caller.ctx, request).await?;
     Ok(HttpResponse::Created().json(SecretInfoBody::from(info)))
 }

@@ -148,23 +148,15 @@ pub(crate) async fn json_body(
 /// without echoing the caller's values (which may be tokens).
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        let msg = e.to_string();
-        let what = if e.is_syntax() || e.is_eof() {
-            "the body is not valid JSON".to_owned()
-        } else if msg.starts_with("missing field") {
-            msg.split(" at line")
-                .next()
-                .unwrap_or("missing field")
-                .to_owned()
-        } else if msg.starts_with("unknown field") {
-            "the body contains an unknown field".to_owned()
-        } else {
-            "the body does not have the expected shape".to_owned()
-        };
+        let what = vault_token_manager::describe_json_error(&e);
         ApiError::new(
             vault_types::ErrorKind::InvalidInput,
             "invalid_json",
-            format!("{what} (line {}, column {})", e.line(), e.column()),
+            format!(
+                "invalid body: {what} (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
         )
     })
 }

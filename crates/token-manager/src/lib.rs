@@ -53,7 +53,7 @@ pub use forward::{AuditSink, ForwarderConfig, audit_entry_json};
 pub use manager::{RefreshPolicy, TokenManager, TokenManagerBuilder};
 pub use model::{
     DeleteOutcome, IssuedToken, RequestContext, Revocation, RevocationOutcome, SecretInfo,
-    StoreRequest, TokenData, limits,
+    StoreBody, StoreRequest, TokenData, describe_json_error, limits,
 };
 pub use notify::{SIGNATURE_HEADER, sign_webhook};
 pub use vault_secret_store::{

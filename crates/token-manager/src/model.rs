@@ -100,6 +100,63 @@ impl StoreRequest {
     }
 }
 
+/// The body of a store request as engines send it (`POST /vault/store`,
+/// and one line of `vault-server import`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreBody {
+    /// The storing engine; must match the authenticated one when given.
+    #[serde(default)]
+    pub engine_id: Option<String>,
+    /// Project.
+    pub project_id: String,
+    /// Platform (any case).
+    pub platform: String,
+    /// Environment; the vault's default when absent.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// The token.
+    pub token_data: TokenData,
+    /// Non-secret facts.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl StoreBody {
+    /// The store request at the address the body names, with
+    /// `default_environment` when it names none.
+    pub fn into_request(
+        self,
+        default_environment: &str,
+    ) -> std::result::Result<StoreRequest, vault_types::IdentifierError> {
+        let env = self.environment.as_deref().unwrap_or(default_environment);
+        let address = SecretAddress::new(env, &self.project_id, &self.platform)?;
+        let mut request = StoreRequest::new(address, self.token_data);
+        request.metadata = self.metadata;
+        Ok(request)
+    }
+}
+
+/// Says what is wrong with a JSON document without echoing any of its
+/// values (they may be tokens): `not valid JSON`, `missing field `x``,
+/// `an unknown field` or `not the expected shape`.
+pub fn describe_json_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    if e.is_syntax() || e.is_eof() {
+        "not valid JSON".to_owned()
+    } else if msg.starts_with("missing field") {
+        // The field name is ours, not the caller's.
+        msg.split(" at line")
+            .next()
+            .unwrap_or("missing field")
+            .to_owned()
+    } else if msg.starts_with("unknown field") {
+        "an unknown field".to_owned()
+    } else {
+        "not the expected shape".to_owned()
+    }
+}
+
 /// Metadata about a stored secret: never a token value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SecretInfo {

@@ -7,7 +7,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use crate::provider::{DATA_KEY_LEN, DataKey, KeyProvider};
+use crate::provider::{DATA_KEY_LEN, DataKey, KeyProvider, WrappedKey};
 use crate::{Error, Result};
 
 /// The sealed-format version this build writes.
@@ -107,6 +107,28 @@ fn payload_aad(caller_aad: &[u8]) -> Vec<u8> {
     aad
 }
 
+/// Starts a sealed value: the header up to and including the nonce, in a
+/// buffer with room for `payload_len` more bytes.
+fn header(wrapped: &WrappedKey, nonce: &[u8; NONCE_LEN], payload_len: usize) -> Result<Vec<u8>> {
+    if wrapped.key_id.is_empty() || wrapped.key_id.len() > MAX_KEY_ID_LEN {
+        return Err(Error::InvalidKey("key id must be 1 to 64 bytes".into()));
+    }
+    let wrapped_len = u16::try_from(wrapped.bytes.len())
+        .map_err(|_| Error::InvalidKey("wrapped data key longer than 65535 bytes".into()))?;
+    let mut out = Vec::with_capacity(
+        6 + wrapped.key_id.len() + wrapped.bytes.len() + NONCE_LEN + payload_len,
+    );
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT_VERSION);
+    // Checked above: 1..=64 fits in a byte.
+    out.push(wrapped.key_id.len() as u8);
+    out.extend_from_slice(wrapped.key_id.as_bytes());
+    out.extend_from_slice(&wrapped_len.to_be_bytes());
+    out.extend_from_slice(&wrapped.bytes);
+    out.extend_from_slice(nonce);
+    Ok(out)
+}
+
 fn aead_key(data_key: &DataKey) -> Result<LessSafeKey> {
     let unbound = UnboundKey::new(&AES_256_GCM, data_key.expose()).map_err(|_| Error::Encrypt)?;
     Ok(LessSafeKey::new(unbound))
@@ -132,26 +154,9 @@ impl Envelope {
         self.rng.fill(raw.as_mut()).map_err(|_| Error::Random)?;
         let data_key = DataKey::from_bytes(*raw);
         let wrapped = self.keys.wrap(&data_key).await?;
-        if wrapped.key_id.is_empty() || wrapped.key_id.len() > MAX_KEY_ID_LEN {
-            return Err(Error::InvalidKey("key id must be 1 to 64 bytes".into()));
-        }
-        let wrapped_len = u16::try_from(wrapped.bytes.len())
-            .map_err(|_| Error::InvalidKey("wrapped data key longer than 65535 bytes".into()))?;
-
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| Error::Random)?;
-
-        let mut out = Vec::with_capacity(
-            6 + wrapped.key_id.len() + wrapped.bytes.len() + NONCE_LEN + plaintext.len() + TAG_LEN,
-        );
-        out.extend_from_slice(MAGIC);
-        out.push(FORMAT_VERSION);
-        // Checked above: 1..=64 fits in a byte.
-        out.push(wrapped.key_id.len() as u8);
-        out.extend_from_slice(wrapped.key_id.as_bytes());
-        out.extend_from_slice(&wrapped_len.to_be_bytes());
-        out.extend_from_slice(&wrapped.bytes);
-        out.extend_from_slice(&nonce);
+        let mut out = header(&wrapped, &nonce, plaintext.len() + TAG_LEN)?;
         let payload_start = out.len();
         out.extend_from_slice(plaintext);
 
@@ -164,6 +169,19 @@ impl Envelope {
             )
             .map_err(|_| Error::Encrypt)?;
         out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Re-encrypts the data key of a sealed value under the active master
+    /// key, leaving the payload (nonce, ciphertext, tag) as it is: the value
+    /// itself is never decrypted, so no associated data is needed. The
+    /// result opens with the same associated data as before.
+    pub async fn rewrap(&self, sealed: &[u8]) -> Result<Vec<u8>> {
+        let parsed = parse(sealed)?;
+        let data_key = self.keys.unwrap(parsed.key_id, parsed.wrapped).await?;
+        let wrapped = self.keys.wrap(&data_key).await?;
+        let mut out = header(&wrapped, &parsed.nonce, parsed.ciphertext.len())?;
+        out.extend_from_slice(parsed.ciphertext);
         Ok(out)
     }
 

@@ -34,6 +34,14 @@ pub enum Error {
     /// Master key material is missing or invalid.
     #[error("invalid master key: {0}")]
     InvalidKey(String),
+    /// The key provider cannot do what was asked (rotate keys held in an
+    /// environment variable, derive a key from a KMS key, …).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A remote KMS could not be reached or refused the request. The
+    /// message names the KMS and what it said; never key material.
+    #[error("key management service: {0}")]
+    Kms(String),
     /// Reading or writing a key file failed.
     #[error("key file {path}: {source}")]
     Io {
@@ -49,9 +57,12 @@ impl Error {
     /// The coarse kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::UnknownKey { .. } | Self::InvalidKey(_) | Self::Io { .. } | Self::Random => {
-                ErrorKind::Unavailable
-            }
+            Self::UnknownKey { .. }
+            | Self::InvalidKey(_)
+            | Self::Io { .. }
+            | Self::Random
+            | Self::Kms(_) => ErrorKind::Unavailable,
+            Self::Unsupported(_) => ErrorKind::Conflict,
             Self::Malformed(_) | Self::UnsupportedFormat(_) | Self::Decrypt | Self::Encrypt => {
                 ErrorKind::Internal
             }

@@ -1,8 +1,11 @@
 //! AES-256-GCM envelope encryption for the vault.
 //!
 //! Every sealed value gets its own random 256-bit data key. The data key
-//! encrypts the value; a [`KeyProvider`] (a local master key today, a KMS
-//! later) wraps the data key. The sealed bytes carry a format version, the
+//! encrypts the value; a [`KeyProvider`] wraps the data key: a local key
+//! ring ([`LocalKeyProvider`], from a key file or an environment
+//! variable), AWS KMS ([`AwsKmsProvider`]) or a Vault/OpenBao Transit
+//! engine ([`TransitProvider`]), with [`CachingKeyProvider`] in front of a
+//! remote one so reads do not cost a round trip each. The sealed bytes carry a format version, the
 //! id of the master key that wrapped the data key and the wrapped data key
 //! itself, so master keys can rotate without re-encrypting every value.
 //! The caller's associated data (for the vault: the secret's address and
@@ -28,11 +31,20 @@
 //! # }).unwrap();
 //! ```
 
+mod aws_kms;
+mod cache;
 mod envelope;
 mod error;
 mod local;
 mod provider;
+mod sigv4;
+mod transit;
 mod util;
+
+pub use aws_kms::{AwsKmsConfig, AwsKmsProvider, aws_vault_key_id};
+pub use cache::{CacheLimits, CacheStats, CachingKeyProvider};
+pub use sigv4::AwsCredentials;
+pub use transit::{TransitConfig, TransitProvider};
 
 pub use envelope::{Envelope, FORMAT_VERSION, sealed_key_id};
 pub use error::{Error, Result};

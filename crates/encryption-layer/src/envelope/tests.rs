@@ -107,3 +107,29 @@ async fn header_layout_is_as_documented() {
     assert_eq!(wrapped_len, 12 + 32 + 16);
     assert_eq!(sealed.len(), w + 2 + wrapped_len + 12 + 3 + 16);
 }
+
+#[tokio::test]
+async fn rewrap_moves_a_value_to_the_new_key_without_changing_the_payload() {
+    let keys = Arc::new(LocalKeyProvider::generate().unwrap());
+    let env = Envelope::new(Arc::clone(&keys) as Arc<dyn KeyProvider>);
+    let sealed = env.seal(b"xoxb-rewrap", b"p/x/slack#1").await.unwrap();
+    let old_id = sealed_key_id(&sealed).unwrap().to_owned();
+    let new_id = keys.rotate().await.unwrap();
+    let rewrapped = env.rewrap(&sealed).await.unwrap();
+    assert_eq!(sealed_key_id(&rewrapped).unwrap(), new_id);
+    // Same nonce, ciphertext and tag at the end.
+    let tail = 12 + b"xoxb-rewrap".len() + 16;
+    assert_eq!(
+        sealed[sealed.len() - tail..],
+        rewrapped[rewrapped.len() - tail..]
+    );
+    assert_eq!(
+        &env.open(&rewrapped, b"p/x/slack#1").await.unwrap()[..],
+        b"xoxb-rewrap"
+    );
+    assert!(env.open(&rewrapped, b"p/x/slack#2").await.is_err());
+    // Once the old version is retired only the rewrapped value opens.
+    keys.retire(&old_id).await.unwrap();
+    assert!(env.open(&sealed, b"p/x/slack#1").await.is_err());
+    assert!(env.open(&rewrapped, b"p/x/slack#1").await.is_ok());
+}

@@ -80,3 +80,93 @@ async fn derived_keys_are_stable_per_label_and_key() {
     assert_ne!(k.expose(), b.derive("audit").await.unwrap().expose());
     assert_ne!(k.expose(), &[1u8; 32]);
 }
+
+#[tokio::test]
+async fn rotating_a_key_file_appends_a_version_and_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let p = LocalKeyProvider::from_file(&path, true).unwrap();
+    let first = p.active_key_id();
+    let old = p.wrap(&DataKey::from_bytes([3u8; 32])).await.unwrap();
+
+    let second = p.rotate().await.unwrap();
+    assert_ne!(first, second);
+    assert_eq!(p.active_key_id(), second);
+    assert_eq!(p.key_ids(), vec![first.clone(), second.clone()]);
+    let new = p.wrap(&DataKey::from_bytes([4u8; 32])).await.unwrap();
+    assert_eq!(new.key_id, second);
+    // Both versions still unwrap.
+    assert_eq!(
+        p.unwrap(&old.key_id, &old.bytes).await.unwrap().expose(),
+        &[3u8; 32]
+    );
+    assert_eq!(
+        p.unwrap(&new.key_id, &new.bytes).await.unwrap().expose(),
+        &[4u8; 32]
+    );
+
+    // The file stays private and another process reading it sees both.
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let other = LocalKeyProvider::from_file(&path, false).unwrap();
+    assert_eq!(other.key_ids(), vec![first.clone(), second.clone()]);
+    assert_eq!(other.active_key_id(), second);
+}
+
+#[tokio::test]
+async fn reload_picks_up_a_rotation_made_by_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let server = LocalKeyProvider::from_file(&path, true).unwrap();
+    let tool = LocalKeyProvider::from_file(&path, false).unwrap();
+    assert!(!server.reload().await.unwrap());
+    let new = tool.rotate().await.unwrap();
+    assert!(server.reload().await.unwrap());
+    assert_eq!(server.active_key_id(), new);
+}
+
+#[tokio::test]
+async fn retiring_removes_an_old_version_but_never_the_active_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let p = LocalKeyProvider::from_file(&path, true).unwrap();
+    let first = p.active_key_id();
+    let old = p.wrap(&DataKey::from_bytes([3u8; 32])).await.unwrap();
+    let second = p.rotate().await.unwrap();
+
+    let err = p.retire(&second).await.unwrap_err();
+    assert!(err.to_string().contains("active"), "{err}");
+    p.retire(&first).await.unwrap();
+    assert_eq!(p.key_ids(), vec![second.clone()]);
+    assert!(matches!(
+        p.unwrap(&old.key_id, &old.bytes).await,
+        Err(Error::UnknownKey { .. })
+    ));
+    let reread = LocalKeyProvider::from_file(&path, false).unwrap();
+    assert_eq!(reread.key_ids(), vec![second]);
+    assert!(matches!(
+        p.retire(&first).await,
+        Err(Error::UnknownKey { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_list_of_keys_forms_a_ring_with_the_last_one_active() {
+    let a = BASE64.encode([1u8; 32]);
+    let b = BASE64.encode([2u8; 32]);
+    let ring = LocalKeyProvider::from_base64("test", &format!("{a}, {b}")).unwrap();
+    let only_a = LocalKeyProvider::from_bytes(&[1u8; 32]).unwrap();
+    let only_b = LocalKeyProvider::from_bytes(&[2u8; 32]).unwrap();
+    assert_eq!(ring.active_key_id(), only_b.active_key_id());
+    assert_eq!(
+        ring.key_ids(),
+        vec![only_a.active_key_id(), only_b.active_key_id()]
+    );
+    let dup = LocalKeyProvider::from_base64("test", &format!("{a},{a}")).unwrap_err();
+    assert!(dup.to_string().contains("twice"), "{dup}");
+
+    // Keys given in memory rotate in memory.
+    let new = ring.rotate().await.unwrap();
+    assert_eq!(ring.key_ids().len(), 3);
+    assert_eq!(ring.active_key_id(), new);
+}

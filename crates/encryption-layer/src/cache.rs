@@ -1,0 +1,238 @@
+//! A bounded in-memory cache of unwrapped data keys in front of a remote
+//! key provider.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ring::digest;
+
+use crate::Result;
+use crate::provider::{DataKey, KeyProvider, WrappedKey};
+
+/// Limits of a [`CachingKeyProvider`].
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    /// How long an unwrapped data key is kept.
+    pub ttl: Duration,
+    /// How many unwrapped data keys are kept at most.
+    pub max_entries: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(300),
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// Hits and misses of a [`CachingKeyProvider`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Unwraps answered from the cache.
+    pub hits: u64,
+    /// Unwraps that went to the provider.
+    pub misses: u64,
+    /// Keys held now.
+    pub entries: u64,
+}
+
+type Fingerprint = [u8; 32];
+
+struct Entry {
+    at: Instant,
+    key: DataKey,
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<Fingerprint, Entry>,
+    order: VecDeque<(Instant, Fingerprint)>,
+}
+
+impl Cache {
+    /// Drops expired keys and, when full, the oldest ones (each zeroized
+    /// as it is dropped).
+    fn evict(&mut self, now: Instant, limits: CacheLimits) {
+        while let Some(&(at, fp)) = self.order.front() {
+            let expired = now.duration_since(at) >= limits.ttl;
+            if !expired && self.entries.len() < limits.max_entries {
+                break;
+            }
+            self.order.pop_front();
+            // Only remove the entry if it is the one this order slot
+            // recorded (a re-inserted key has a newer slot).
+            if self.entries.get(&fp).is_some_and(|e| e.at == at) {
+                self.entries.remove(&fp);
+            }
+        }
+    }
+}
+
+/// Keeps unwrapped data keys in memory for a bounded time and count, so
+/// reading a value does not cost a round trip to a remote KMS every time.
+///
+/// Keys are looked up by a SHA-256 fingerprint of the master key id and
+/// the wrapped bytes; each is zeroized when evicted. Wrapping always goes
+/// to the provider (a fresh data key per value); the key it wrapped is
+/// cached too, so reading a value just written is free.
+pub struct CachingKeyProvider {
+    inner: Arc<dyn KeyProvider>,
+    limits: CacheLimits,
+    cache: Mutex<Cache>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl fmt::Debug for CachingKeyProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachingKeyProvider")
+            .field("inner", &self.inner)
+            .field("limits", &self.limits)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn fingerprint(key_id: &str, wrapped: &[u8]) -> Fingerprint {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(&(key_id.len() as u32).to_be_bytes());
+    ctx.update(key_id.as_bytes());
+    ctx.update(wrapped);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+impl CachingKeyProvider {
+    /// A cache in front of `inner`.
+    pub fn new(inner: Arc<dyn KeyProvider>, limits: CacheLimits) -> Self {
+        Self {
+            inner,
+            limits,
+            cache: Mutex::new(Cache::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Hits, misses and the current size.
+    pub fn stats(&self) -> CacheStats {
+        let entries = self.lock().entries.len() as u64;
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries,
+        }
+    }
+
+    /// Forgets every cached key (zeroizing them).
+    pub fn clear(&self) {
+        let mut cache = self.lock();
+        cache.entries.clear();
+        cache.order.clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, fp: Fingerprint, key: &DataKey) {
+        if self.limits.max_entries == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut cache = self.lock();
+        cache.evict(now, self.limits);
+        cache.order.push_back((now, fp));
+        cache.entries.insert(
+            fp,
+            Entry {
+                at: now,
+                key: key.duplicate(),
+            },
+        );
+    }
+
+    fn lookup(&self, fp: &Fingerprint) -> Option<DataKey> {
+        let now = Instant::now();
+        let mut cache = self.lock();
+        match cache.entries.get(fp) {
+            Some(e) if now.duration_since(e.at) < self.limits.ttl => Some(e.key.duplicate()),
+            Some(_) => {
+                cache.entries.remove(fp);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+#[async_trait]
+impl KeyProvider for CachingKeyProvider {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn active_key_id(&self) -> String {
+        self.inner.active_key_id()
+    }
+
+    fn key_ids(&self) -> Vec<String> {
+        self.inner.key_ids()
+    }
+
+    async fn wrap(&self, data_key: &DataKey) -> Result<WrappedKey> {
+        let wrapped = self.inner.wrap(data_key).await?;
+        self.insert(fingerprint(&wrapped.key_id, &wrapped.bytes), data_key);
+        Ok(wrapped)
+    }
+
+    async fn unwrap(&self, key_id: &str, wrapped: &[u8]) -> Result<DataKey> {
+        // A key that has been retired must not keep working from the cache.
+        if !self.inner.key_ids().iter().any(|k| k == key_id) {
+            return self.inner.unwrap(key_id, wrapped).await;
+        }
+        let fp = fingerprint(key_id, wrapped);
+        if let Some(key) = self.lookup(&fp) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(key);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let key = self.inner.unwrap(key_id, wrapped).await?;
+        self.insert(fp, &key);
+        Ok(key)
+    }
+
+    async fn derive(&self, label: &str) -> Result<DataKey> {
+        self.inner.derive(label).await
+    }
+
+    async fn rotate(&self) -> Result<String> {
+        self.inner.rotate().await
+    }
+
+    async fn retire(&self, key_id: &str) -> Result<()> {
+        self.inner.retire(key_id).await?;
+        self.clear();
+        Ok(())
+    }
+
+    async fn reload(&self) -> Result<bool> {
+        let changed = self.inner.reload().await?;
+        if changed {
+            self.clear();
+        }
+        Ok(changed)
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.inner.check().await
+    }
+}

@@ -30,11 +30,12 @@ mod store;
 
 pub use error::{Error, Result};
 pub use model::{
-    AuditAction, AuditEntry, AuditMac, AuditOutcome, AuditProblem, AuditQuery, AuditRecord,
-    AuditVerification, EngineRecord, NewNotification, PendingNotification, RefreshState,
-    SecretMeta, SecretStatus, SecretWrite, StoreStats, StoredSecret,
+    AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditProblem, AuditQuery,
+    AuditRecord, AuditVerification, EngineRecord, KeyUsage, NewNotification, PendingNotification,
+    RefreshState, RewrapItem, Rewrapped, SecretMeta, SecretStatus, SecretWrite, StoreStats,
+    StoredSecret,
 };
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteOptions, SqliteStore, backup_database, restore_database};
 pub use store::SecretStore;
 
 #[cfg(test)]

@@ -260,12 +260,72 @@ pub struct EngineRecord {
 }
 
 /// Computes the MAC that chains usage records:
-/// `mac_n = MAC(mac_{n-1} || canonical(record_n))`, with a key only the
-/// vault holds (derived from the master key). Implemented by the layer that
-/// owns the keys; the store only calls it.
+/// `mac_n = MAC_v(mac_{n-1} || canonical(record_n))`, with a key only the
+/// vault holds. Implemented by the layer that owns the keys; the store only
+/// calls it.
+///
+/// Keys have versions: new records, anchors and cursors are made with the
+/// current one, and each names its version, so the chain stays verifiable
+/// across a rotation of the usage-log key while the old versions are kept.
 pub trait AuditMac: std::fmt::Debug + Send + Sync + 'static {
-    /// The 32-byte MAC of `data`.
+    /// The 32-byte MAC of `data` with the current key.
     fn mac(&self, data: &[u8]) -> [u8; 32];
+
+    /// The current key's version (1 for a key that never rotated).
+    fn version(&self) -> u32 {
+        1
+    }
+
+    /// The MAC of `data` with key `version`, if that version is known.
+    fn mac_with(&self, version: u32, data: &[u8]) -> Option<[u8; 32]> {
+        (version == self.version()).then(|| self.mac(data))
+    }
+}
+
+/// A version of the usage-log key, sealed under a master key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditKeyRecord {
+    /// Its version, from 1.
+    pub version: u32,
+    /// The key, sealed (opaque to the store).
+    pub sealed: Vec<u8>,
+    /// The master key it is sealed under.
+    pub key_id: String,
+    /// When it was created.
+    pub created_at: OffsetDateTime,
+}
+
+/// How many stored values are sealed under one master key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// The master key id.
+    pub key_id: String,
+    /// Secrets sealed under it.
+    pub secrets: u64,
+    /// Usage-log key versions sealed under it.
+    pub audit_keys: u64,
+}
+
+/// A secret whose value is to be rewrapped under another master key.
+#[derive(Debug, Clone)]
+pub struct RewrapItem {
+    /// Where it is.
+    pub address: SecretAddress,
+    /// Its current version; the rewrap is skipped if it changed meanwhile.
+    pub version: u64,
+    /// Its sealed value now.
+    pub sealed: Vec<u8>,
+}
+
+/// A rewrapped secret to write back.
+#[derive(Debug, Clone)]
+pub struct Rewrapped {
+    /// What was read (address, version and the sealed value replaced).
+    pub item: RewrapItem,
+    /// The value sealed under the new master key.
+    pub sealed: Vec<u8>,
+    /// The new master key id.
+    pub key_id: String,
 }
 
 /// What `verify_audit` found.

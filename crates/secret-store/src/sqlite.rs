@@ -4,7 +4,7 @@ use std::fmt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,9 +13,10 @@ use time::OffsetDateTime;
 use vault_types::SecretAddress;
 
 use crate::{
-    AuditAction, AuditEntry, AuditMac, AuditOutcome, AuditProblem, AuditQuery, AuditRecord,
-    AuditVerification, EngineRecord, Error, NewNotification, PendingNotification, RefreshState,
-    Result, SecretMeta, SecretStatus, SecretStore, SecretWrite, StoreStats, StoredSecret,
+    AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditProblem, AuditQuery,
+    AuditRecord, AuditVerification, EngineRecord, Error, KeyUsage, NewNotification,
+    PendingNotification, RefreshState, Result, RewrapItem, Rewrapped, SecretMeta, SecretStatus,
+    SecretStore, SecretWrite, StoreStats, StoredSecret,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -100,6 +101,20 @@ const MIGRATIONS: &[&str] = &[
         signature BLOB    NOT NULL
     ) STRICT;
     ALTER TABLE audit_cursors ADD COLUMN signature BLOB;",
+    // 8: versioned usage-log keys (each MAC and signature names the
+    // version it was made with; NULL is version 1), and an index to find
+    // the values still sealed under an old master key.
+    "CREATE TABLE audit_keys (
+        version       INTEGER PRIMARY KEY CHECK (version > 0),
+        sealed        BLOB    NOT NULL,
+        key_id        TEXT    NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    ) STRICT;
+    ALTER TABLE audit_log ADD COLUMN mac_key INTEGER;
+    ALTER TABLE audit_anchors ADD COLUMN mac_key INTEGER;
+    ALTER TABLE audit_checkpoints ADD COLUMN mac_key INTEGER;
+    ALTER TABLE audit_cursors ADD COLUMN mac_key INTEGER;
+    CREATE INDEX secrets_by_key ON secrets (key_id);",
 ];
 
 /// Tuning for [`SqliteStore`].
@@ -163,7 +178,8 @@ fn group_commit_loop(
             }
             return;
         };
-        let mac = inner.audit_mac.get().map(|m| m.as_ref());
+        let mac = inner.audit_mac();
+        let mac = mac.as_deref();
         let (records, replies): (Vec<AuditRecord>, Vec<_>) = batch.into_iter().unzip();
         inner.queued.fetch_sub(records.len(), Ordering::Relaxed);
         let result = (|| -> Result<()> {
@@ -192,12 +208,22 @@ fn group_commit_loop(
     }
 }
 
+impl Inner {
+    /// The usage-log key in use now (it can change: key rotation).
+    fn audit_mac(&self) -> Option<Arc<dyn AuditMac>> {
+        self.audit_mac
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
-    audit_mac: OnceLock<Arc<dyn AuditMac>>,
+    audit_mac: RwLock<Option<Arc<dyn AuditMac>>>,
     group_commit: Option<std::sync::mpsc::Sender<Pending>>,
     /// Usage records waiting for the group commit.
     queued: AtomicUsize,
@@ -403,37 +429,73 @@ fn canonical(seq: i64, r: &AuditRecord) -> Vec<u8> {
     out
 }
 
-fn chain_mac(mac: &dyn AuditMac, prev: &[u8], seq: i64, r: &AuditRecord) -> [u8; 32] {
+/// The MAC of a version stored in a `mac_key` column (NULL: version 1,
+/// from before keys had versions); `None` when that version is unknown.
+fn mac_with(mac: &dyn AuditMac, version: Option<i64>, data: &[u8]) -> Option<[u8; 32]> {
+    let version = u32::try_from(version.unwrap_or(1)).ok()?;
+    mac.mac_with(version, data)
+}
+
+fn chain_mac(
+    mac: &dyn AuditMac,
+    version: Option<i64>,
+    prev: &[u8],
+    seq: i64,
+    r: &AuditRecord,
+) -> Option<[u8; 32]> {
     let mut data = Vec::with_capacity(32 + 128);
     data.extend_from_slice(prev);
     data.extend_from_slice(&canonical(seq, r));
-    mac.mac(&data)
+    mac_with(mac, version, &data)
+}
+
+/// Whether `signature` is what `expected` computed (an unknown key
+/// version never matches).
+fn signed(expected: Option<[u8; 32]>, signature: &[u8]) -> bool {
+    expected.is_some_and(|e| e.as_slice() == signature)
 }
 
 const GENESIS: [u8; 32] = [0; 32];
 
 /// The signature of a retention checkpoint: the chain MAC over a fixed
 /// label, the last pruned sequence number, its record MAC and the time.
-fn checkpoint_signature(mac: &dyn AuditMac, seq: i64, record_mac: &[u8], at_ms: i64) -> [u8; 32] {
+fn checkpoint_signature(
+    mac: &dyn AuditMac,
+    version: Option<i64>,
+    seq: i64,
+    record_mac: &[u8],
+    at_ms: i64,
+) -> Option<[u8; 32]> {
     let mut data = b"vault-audit-checkpoint-v1".to_vec();
     data.extend_from_slice(&seq.to_be_bytes());
     data.extend_from_slice(&(record_mac.len() as u32).to_be_bytes());
     data.extend_from_slice(record_mac);
     data.extend_from_slice(&at_ms.to_be_bytes());
-    mac.mac(&data)
+    mac_with(mac, version, &data)
 }
 
 /// The signature of a chain anchor (`start`: the chain begins after `seq`
 /// from `mac`; `head`: the newest record is `seq` with `mac`) or of a sink
 /// cursor (`cursor:<name>`, with an empty MAC).
-fn anchor_signature(mac: &dyn AuditMac, name: &str, seq: i64, anchor_mac: &[u8]) -> [u8; 32] {
+fn anchor_signature(
+    mac: &dyn AuditMac,
+    version: Option<i64>,
+    name: &str,
+    seq: i64,
+    anchor_mac: &[u8],
+) -> Option<[u8; 32]> {
     let mut data = b"vault-audit-anchor-v1".to_vec();
     data.extend_from_slice(&(name.len() as u32).to_be_bytes());
     data.extend_from_slice(name.as_bytes());
     data.extend_from_slice(&seq.to_be_bytes());
     data.extend_from_slice(&(anchor_mac.len() as u32).to_be_bytes());
     data.extend_from_slice(anchor_mac);
-    mac.mac(&data)
+    mac_with(mac, version, &data)
+}
+
+/// The key version new MACs are made with, as stored.
+fn mac_version(mac: &dyn AuditMac) -> Option<i64> {
+    Some(i64::from(mac.version()))
 }
 
 fn put_anchor(
@@ -443,22 +505,26 @@ fn put_anchor(
     seq: i64,
     anchor_mac: &[u8],
 ) -> Result<()> {
-    let signature = anchor_signature(mac, name, seq, anchor_mac);
+    let version = mac_version(mac);
+    let signature = anchor_signature(mac, version, name, seq, anchor_mac)
+        .ok_or(Error::Invalid("the usage-log key has no current version"))?;
     tx.prepare_cached(
-        "INSERT INTO audit_anchors (name, seq, mac, signature) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO audit_anchors (name, seq, mac, signature, mac_key) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, mac = excluded.mac,
-             signature = excluded.signature",
+             signature = excluded.signature, mac_key = excluded.mac_key",
     )?
-    .execute(params![name, seq, anchor_mac, signature.to_vec()])?;
+    .execute(params![name, seq, anchor_mac, signature.to_vec(), version])?;
     Ok(())
 }
 
-type Anchor = (i64, Vec<u8>, Vec<u8>);
+type Anchor = (i64, Vec<u8>, Vec<u8>, Option<i64>);
 
 fn get_anchor(conn: &Connection, name: &str) -> Result<Option<Anchor>> {
     Ok(conn
-        .prepare_cached("SELECT seq, mac, signature FROM audit_anchors WHERE name = ?1")?
-        .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .prepare_cached("SELECT seq, mac, signature, mac_key FROM audit_anchors WHERE name = ?1")?
+        .query_row(params![name], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?)
 }
 
@@ -483,11 +549,14 @@ fn prune_tx(
         return Ok(None);
     };
     let at_ms = ms(now);
-    let signature = checkpoint_signature(mac, seq, &record_mac, at_ms);
+    let version = mac_version(mac);
+    let signature = checkpoint_signature(mac, version, seq, &record_mac, at_ms)
+        .ok_or(Error::Invalid("the usage-log key has no current version"))?;
     tx.execute("DELETE FROM audit_log WHERE seq <= ?1", params![seq])?;
     tx.execute(
-        "INSERT INTO audit_checkpoints (seq, mac, at_ms, signature) VALUES (?1, ?2, ?3, ?4)",
-        params![seq, record_mac, at_ms, signature.to_vec()],
+        "INSERT INTO audit_checkpoints (seq, mac, at_ms, signature, mac_key)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![seq, record_mac, at_ms, signature.to_vec(), version],
     )?;
     tx.commit()?;
     Ok(Some(seq))
@@ -521,9 +590,10 @@ fn insert_audits(
         .unwrap_or_else(|| GENESIS.to_vec());
     let mut stmt = tx.prepare_cached(
         "INSERT INTO audit_log (seq, at_ms, request_id, engine_id, action, environment, project,
-             platform, outcome, detail, mac)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             platform, outcome, detail, mac, mac_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
+    let version = mac.and_then(mac_version);
     if let Some(m) = mac
         && get_anchor(tx, "start")?.is_none()
     {
@@ -533,7 +603,14 @@ fn insert_audits(
     }
     for r in records {
         seq += 1;
-        let record_mac = mac.map(|m| chain_mac(m, &prev, seq, r).to_vec());
+        let record_mac = match mac {
+            Some(m) => Some(
+                chain_mac(m, version, &prev, seq, r)
+                    .ok_or(Error::Invalid("the usage-log key has no current version"))?
+                    .to_vec(),
+            ),
+            None => None,
+        };
         stmt.execute(params![
             seq,
             ms(r.at),
@@ -546,6 +623,7 @@ fn insert_audits(
             r.outcome.as_str(),
             r.detail,
             record_mac,
+            version,
         ])?;
         prev = record_mac.unwrap_or_else(|| GENESIS.to_vec());
     }
@@ -596,12 +674,12 @@ fn collect_entries(
 
 /// A usage-log row as the verifier reads it: a record that does not even
 /// decode counts as changed.
-type ChainRow = (i64, Option<AuditRecord>, Option<Vec<u8>>);
+type ChainRow = (i64, Option<AuditRecord>, Option<Vec<u8>>, Option<i64>);
 
 fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerification> {
     let mut stmt = conn.prepare(
         "SELECT seq, at_ms, request_id, engine_id, action, environment, project, platform,
-                outcome, detail, mac
+                outcome, detail, mac, mac_key
          FROM audit_log ORDER BY seq",
     )?;
     let rows: Vec<ChainRow> = stmt
@@ -609,7 +687,8 @@ fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerificati
             let seq: i64 = row.get(0)?;
             let record = audit_from_row(row, 1)?.ok();
             let stored: Option<Vec<u8>> = row.get(10)?;
-            Ok((seq, record, stored))
+            let version: Option<i64> = row.get(11)?;
+            Ok((seq, record, stored, version))
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut report = AuditVerification {
@@ -622,14 +701,16 @@ fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerificati
     };
     let start = get_anchor(conn, "start")?;
     let head = get_anchor(conn, "head")?;
-    let checkpoint: Option<(i64, Vec<u8>, i64, Vec<u8>)> = conn
+    type Checkpoint = (i64, Vec<u8>, i64, Vec<u8>, Option<i64>);
+    let checkpoint: Option<Checkpoint> = conn
         .query_row(
-            "SELECT seq, mac, at_ms, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, mac, at_ms, signature, mac_key FROM audit_checkpoints
+             ORDER BY seq DESC LIMIT 1",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?;
-    let Some((start_seq, start_mac, start_sig)) = start else {
+    let Some((start_seq, start_mac, start_sig, start_key)) = start else {
         if !rows.is_empty() || checkpoint.is_some() {
             // Records, but no sign that the chain ever began: its anchors
             // were removed (or no record was written since it began).
@@ -637,7 +718,10 @@ fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerificati
         }
         return Ok(report);
     };
-    if anchor_signature(mac, "start", start_seq, &start_mac).as_slice() != start_sig.as_slice() {
+    if !signed(
+        anchor_signature(mac, start_key, "start", start_seq, &start_mac),
+        &start_sig,
+    ) {
         report.problem = Some(AuditProblem::Anchor { seq: start_seq });
         return Ok(report);
     }
@@ -645,8 +729,11 @@ fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerificati
     // newest retention checkpoint when that is later.
     let mut prev = start_mac;
     let mut from = start_seq;
-    if let Some((seq, record_mac, at_ms, signature)) = checkpoint {
-        if checkpoint_signature(mac, seq, &record_mac, at_ms).as_slice() != signature.as_slice() {
+    if let Some((seq, record_mac, at_ms, signature, key)) = checkpoint {
+        if !signed(
+            checkpoint_signature(mac, key, seq, &record_mac, at_ms),
+            &signature,
+        ) {
             report.problem = Some(AuditProblem::Checkpoint { seq });
             return Ok(report);
         }
@@ -678,25 +765,26 @@ fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerificati
     let rows = chained_rows;
     report.records = rows.len() as u64 + report.unchained;
     let mut last_seq: Option<i64> = Some(from);
-    let expected = |prev: &[u8], seq: i64, record: &Option<AuditRecord>| {
+    let expected = |prev: &[u8], seq: i64, record: &Option<AuditRecord>, version: Option<i64>| {
         record
             .as_ref()
-            .map(|r| chain_mac(mac, prev, seq, r).to_vec())
+            .and_then(|r| chain_mac(mac, version, prev, seq, r))
+            .map(|m| m.to_vec())
     };
-    for (i, (seq, record, stored)) in rows.iter().enumerate() {
+    for (i, (seq, record, stored, version)) in rows.iter().enumerate() {
         if last_seq.is_some_and(|l| *seq != l + 1) {
             report.problem = Some(AuditProblem::Removed { seq: *seq });
             return Ok(report);
         }
-        let want = expected(&prev, *seq, record);
+        let want = expected(&prev, *seq, record, *version);
         if want.is_none() || want.as_ref() != stored.as_ref() {
             // Content changed under its old MAC, or a forged record? The next
             // record tells: it chains from the stored MAC only if that MAC
             // is the vault's own.
             let next_chains = match (stored, rows.get(i + 1)) {
-                (Some(stored_mac), Some((next_seq, next_record, next_stored))) => {
+                (Some(stored_mac), Some((next_seq, next_record, next_stored, next_version))) => {
                     next_stored.is_some()
-                        && expected(stored_mac, *next_seq, next_record).as_ref()
+                        && expected(stored_mac, *next_seq, next_record, *next_version).as_ref()
                             == next_stored.as_ref()
                 }
                 _ => false,
@@ -717,9 +805,11 @@ fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerificati
     // (or a file restored from an older copy of the log) show here.
     let end = last_seq.unwrap_or(from);
     match head {
-        Some((head_seq, head_mac, head_sig)) => {
-            if anchor_signature(mac, "head", head_seq, &head_mac).as_slice() != head_sig.as_slice()
-            {
+        Some((head_seq, head_mac, head_sig, head_key)) => {
+            if !signed(
+                anchor_signature(mac, head_key, "head", head_seq, &head_mac),
+                &head_sig,
+            ) {
                 report.problem = Some(AuditProblem::Anchor { seq: head_seq });
             } else if head_seq > end {
                 report.problem = Some(AuditProblem::Removed { seq: end + 1 });
@@ -1051,7 +1141,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
-            audit_mac: OnceLock::new(),
+            audit_mac: RwLock::new(None),
             group_commit: options.group_commit.then_some(tx),
             queued: AtomicUsize::new(0),
             committer_alive: std::sync::atomic::AtomicBool::new(options.group_commit),
@@ -1081,8 +1171,8 @@ impl SqliteStore {
     ) -> Result<T> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let mac = inner.audit_mac.get().map(|m| m.as_ref());
-            f(&mut lock(&inner.writer), mac)
+            let mac = inner.audit_mac();
+            f(&mut lock(&inner.writer), mac.as_deref())
         })
         .await?
     }
@@ -1259,20 +1349,23 @@ impl SecretStore for SqliteStore {
 
     async fn audit_cursor(&self, name: &str) -> Result<i64> {
         let name = name.to_owned();
-        let mac = self.inner.audit_mac.get().cloned();
+        let mac = self.inner.audit_mac();
         self.with_reader(move |c| {
-            let row: Option<(i64, Option<Vec<u8>>)> = c
-                .prepare_cached("SELECT seq, signature FROM audit_cursors WHERE name = ?1")?
-                .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
+            let row: Option<(i64, Option<Vec<u8>>, Option<i64>)> = c
+                .prepare_cached(
+                    "SELECT seq, signature, mac_key FROM audit_cursors WHERE name = ?1",
+                )?
+                .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
-            let Some((seq, signature)) = row else {
+            let Some((seq, signature, version)) = row else {
                 return Ok(0);
             };
             if let Some(m) = mac {
                 // A cursor moved by hand would make forwarding skip records
                 // and retention prune undelivered ones.
-                let want = anchor_signature(m.as_ref(), &format!("cursor:{name}"), seq, &[]);
-                if signature.as_deref() != Some(want.as_slice()) {
+                let want =
+                    anchor_signature(m.as_ref(), version, &format!("cursor:{name}"), seq, &[]);
+                if !signature.is_some_and(|s| signed(want, &s)) {
                     return Err(Error::Corrupt(format!(
                         "the usage-log cursor {name} was not set by the vault"
                     )));
@@ -1294,11 +1387,15 @@ impl SecretStore for SqliteStore {
                 .optional()?;
             // Cursors only move forward.
             let seq = current.map_or(seq, |c| c.max(seq));
-            let signature = mac.map(|m| anchor_signature(m, &format!("cursor:{name}"), seq, &[]).to_vec());
+            let version = mac.and_then(mac_version);
+            let signature = mac
+                .and_then(|m| anchor_signature(m, version, &format!("cursor:{name}"), seq, &[]))
+                .map(|s| s.to_vec());
             tx.execute(
-                "INSERT INTO audit_cursors (name, seq, signature) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, signature = excluded.signature",
-                params![name, seq, signature],
+                "INSERT INTO audit_cursors (name, seq, signature, mac_key) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, signature = excluded.signature,
+                     mac_key = excluded.mac_key",
+                params![name, seq, signature, version],
             )?;
             tx.commit()?;
             Ok(())
@@ -1307,7 +1404,7 @@ impl SecretStore for SqliteStore {
     }
 
     async fn prune_audit(&self, before: OffsetDateTime, max_seq: i64) -> Result<Option<i64>> {
-        let Some(mac) = self.inner.audit_mac.get().cloned() else {
+        let Some(mac) = self.inner.audit_mac() else {
             return Err(Error::Invalid("the usage-log chain key is not set"));
         };
         let now = OffsetDateTime::now_utc();
@@ -1316,9 +1413,11 @@ impl SecretStore for SqliteStore {
     }
 
     fn chain_audit(&self, mac: Arc<dyn AuditMac>) {
-        if self.inner.audit_mac.set(mac).is_err() {
-            tracing::warn!("the usage-log chain was already set up; keeping the first key");
-        }
+        *self
+            .inner
+            .audit_mac
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(mac);
     }
 
     async fn verify_audit(&self, mac: Arc<dyn AuditMac>) -> Result<AuditVerification> {
@@ -1392,13 +1491,181 @@ impl SecretStore for SqliteStore {
     }
 
     async fn key_ids_in_use(&self) -> Result<Vec<String>> {
+        Ok(self
+            .key_usage()
+            .await?
+            .into_iter()
+            .map(|u| u.key_id)
+            .collect())
+    }
+
+    async fn key_usage(&self) -> Result<Vec<KeyUsage>> {
         self.with_reader(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT DISTINCT key_id FROM secrets ORDER BY key_id")?;
-            let ids = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
-            Ok(ids)
+            let mut usage: std::collections::BTreeMap<String, KeyUsage> = Default::default();
+            let mut count = |sql: &str, audit: bool| -> Result<()> {
+                let mut stmt = c.prepare_cached(sql)?;
+                let rows =
+                    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                for row in rows {
+                    let (key_id, n) = row?;
+                    let entry = usage.entry(key_id.clone()).or_insert(KeyUsage {
+                        key_id,
+                        secrets: 0,
+                        audit_keys: 0,
+                    });
+                    let n = u64_of(n, "count")?;
+                    if audit {
+                        entry.audit_keys += n;
+                    } else {
+                        entry.secrets += n;
+                    }
+                }
+                Ok(())
+            };
+            count(
+                "SELECT key_id, COUNT(*) FROM secrets GROUP BY key_id",
+                false,
+            )?;
+            count(
+                "SELECT key_id, COUNT(*) FROM audit_keys GROUP BY key_id",
+                true,
+            )?;
+            Ok(usage.into_values().collect())
+        })
+        .await
+    }
+
+    async fn secrets_to_rewrap(
+        &self,
+        key_id: &str,
+        after: Option<SecretAddress>,
+        limit: u32,
+    ) -> Result<Vec<RewrapItem>> {
+        let key_id = key_id.to_owned();
+        self.with_reader(move |c| {
+            let (e, p, pl) = after
+                .as_ref()
+                .map(|a| (a.environment(), a.project(), a.platform()))
+                .unwrap_or(("", "", ""));
+            let mut stmt = c.prepare_cached(
+                "SELECT environment, project, platform, version, sealed FROM secrets
+                 WHERE key_id != ?1 AND (environment, project, platform) > (?2, ?3, ?4)
+                 ORDER BY environment, project, platform LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(params![key_id, e, p, pl, limit], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (environment, project, platform, version, sealed) = row?;
+                let address = SecretAddress::new(&environment, &project, &platform)
+                    .map_err(|e| Error::Corrupt(format!("stored address: {e}")))?;
+                out.push(RewrapItem {
+                    address,
+                    version: u64_of(version, "version")?,
+                    sealed,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn rewrap_secrets(&self, items: Vec<Rewrapped>) -> Result<u64> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        self.with_writer(move |c, _| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut replaced = 0u64;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE secrets SET sealed = ?1, key_id = ?2
+                     WHERE environment = ?3 AND project = ?4 AND platform = ?5
+                       AND version = ?6 AND sealed = ?7",
+                )?;
+                for r in &items {
+                    let a = &r.item.address;
+                    replaced += stmt.execute(params![
+                        r.sealed,
+                        r.key_id,
+                        a.environment(),
+                        a.project(),
+                        a.platform(),
+                        i64_of(r.item.version)?,
+                        r.item.sealed,
+                    ])? as u64;
+                }
+            }
+            tx.commit()?;
+            Ok(replaced)
+        })
+        .await
+    }
+
+    async fn audit_keys(&self) -> Result<Vec<AuditKeyRecord>> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT version, sealed, key_id, created_at_ms FROM audit_keys ORDER BY version",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (version, sealed, key_id, at) = row?;
+                out.push(AuditKeyRecord {
+                    version: u32::try_from(version)
+                        .map_err(|_| Error::Corrupt("usage-log key version".into()))?,
+                    sealed,
+                    key_id,
+                    created_at: from_ms(at)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn add_audit_key(&self, key: AuditKeyRecord) -> Result<()> {
+        self.with_writer(move |c, _| {
+            let inserted = c.execute(
+                "INSERT INTO audit_keys (version, sealed, key_id, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (version) DO NOTHING",
+                params![key.version, key.sealed, key.key_id, ms(key.created_at)],
+            )?;
+            if inserted == 0 {
+                return Err(Error::Invalid("that usage-log key version exists already"));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rewrap_audit_key(
+        &self,
+        version: u32,
+        old: Vec<u8>,
+        sealed: Vec<u8>,
+        key_id: String,
+    ) -> Result<bool> {
+        self.with_writer(move |c, _| {
+            let n = c.execute(
+                "UPDATE audit_keys SET sealed = ?1, key_id = ?2 WHERE version = ?3 AND sealed = ?4",
+                params![sealed, key_id, version, old],
+            )?;
+            Ok(n == 1)
         })
         .await
     }
@@ -1471,8 +1738,118 @@ pub(crate) fn schema_version(path: &Path) -> i64 {
         .unwrap()
 }
 
-#[cfg(test)]
 pub(crate) const MIGRATION_COUNT: usize = MIGRATIONS.len();
 
 #[cfg(test)]
 pub(crate) const MIGRATION_1: &str = MIGRATIONS[0];
+
+/// Copies the SQLite database at `source` to a new file `dest` (mode 0600,
+/// which must not exist) with SQLite's online backup API while other
+/// processes keep writing: the copy is one consistent snapshot, because the
+/// source connection holds a read transaction for the whole copy (in WAL
+/// mode that blocks no writer). `progress(copied_pages, total_pages)` is
+/// called after each step. The copy holds what the database holds: sealed
+/// values, metadata, token hashes and the usage log; never a key.
+pub fn backup_database(
+    source: &Path,
+    dest: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<()> {
+    if dest.exists() {
+        return Err(Error::Io {
+            path: dest.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists already"),
+        });
+    }
+    if !source.exists() {
+        return Err(Error::Io {
+            path: source.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no database here"),
+        });
+    }
+    let src = Connection::open_with_flags(
+        source,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    src.busy_timeout(Duration::from_secs(10))?;
+    // The snapshot: every step below reads inside this transaction.
+    src.execute_batch("BEGIN")?;
+    let _: i64 = src.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+    prepare_file(dest)?;
+    let result = (|| -> Result<()> {
+        let mut dst = Connection::open(dest)?;
+        {
+            let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+            loop {
+                let step = backup.step(512)?;
+                let p = backup.progress();
+                let total = u64::try_from(p.pagecount).unwrap_or(0);
+                let left = u64::try_from(p.remaining).unwrap_or(0);
+                progress(total.saturating_sub(left), total);
+                match step {
+                    rusqlite::backup::StepResult::Done => break,
+                    rusqlite::backup::StepResult::More => {}
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        // A standalone file: no WAL beside it.
+        dst.pragma_update(None, "journal_mode", "DELETE")?;
+        let check: String = dst.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(Error::Corrupt(format!(
+                "the copy fails its integrity check: {check}"
+            )));
+        }
+        Ok(())
+    })();
+    let _ = src.execute_batch("COMMIT");
+    if result.is_err() {
+        let _ = std::fs::remove_file(dest);
+    }
+    result
+}
+
+/// Restores a copy made by [`backup_database`] to `dest`, which must not
+/// exist yet (restore into an empty data directory): checks the copy's
+/// integrity and schema first, then writes it with mode 0600 and syncs it.
+pub fn restore_database(backup: &Path, dest: &Path) -> Result<()> {
+    {
+        let src = Connection::open_with_flags(backup, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let check: String = src.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(Error::Corrupt(format!(
+                "the backup fails its integrity check: {check}"
+            )));
+        }
+        let version: i64 = src.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > MIGRATION_COUNT as i64 {
+            return Err(Error::SchemaTooNew {
+                found: version,
+                supported: MIGRATION_COUNT as i64,
+            });
+        }
+        if version == 0 {
+            return Err(Error::Corrupt("the file is not a vault database".into()));
+        }
+    }
+    for path in [dest.to_owned(), dest.with_extension("db-wal")] {
+        if path.exists() {
+            return Err(Error::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists already: restore into an empty data directory",
+                ),
+            });
+        }
+    }
+    backup_database(backup, dest, |_, _| {})?;
+    std::fs::File::open(dest)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| Error::Io {
+            path: dest.display().to_string(),
+            source,
+        })?;
+    Ok(())
+}

@@ -7,9 +7,9 @@ use time::OffsetDateTime;
 use vault_types::SecretAddress;
 
 use crate::{
-    AuditEntry, AuditMac, AuditQuery, AuditRecord, AuditVerification, EngineRecord,
-    NewNotification, PendingNotification, RefreshState, Result, SecretStatus, SecretWrite,
-    StoreStats, StoredSecret,
+    AuditEntry, AuditKeyRecord, AuditMac, AuditQuery, AuditRecord, AuditVerification, EngineRecord,
+    KeyUsage, NewNotification, PendingNotification, RefreshState, Result, RewrapItem, Rewrapped,
+    SecretStatus, SecretWrite, StoreStats, StoredSecret,
 };
 
 /// Durable storage of sealed secrets, the usage log and the notification
@@ -129,6 +129,43 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     /// (checked at start-up: a key the vault cannot load means it must not
     /// serve).
     async fn key_ids_in_use(&self) -> Result<Vec<String>>;
+
+    /// How many secrets and usage-log keys each master key seals.
+    async fn key_usage(&self) -> Result<Vec<KeyUsage>>;
+
+    /// Up to `limit` secrets not sealed under master key `key_id`, in
+    /// address order after `after` (for a rewrap that resumes where it
+    /// stopped and never loops on one value).
+    async fn secrets_to_rewrap(
+        &self,
+        key_id: &str,
+        after: Option<SecretAddress>,
+        limit: u32,
+    ) -> Result<Vec<RewrapItem>>;
+
+    /// Writes rewrapped values back in one transaction. A secret whose
+    /// version or sealed value changed since it was read is left alone
+    /// (its new value is already under the active key). Returns how many
+    /// were replaced. Neither the version nor the update time changes:
+    /// the value is the same.
+    async fn rewrap_secrets(&self, items: Vec<Rewrapped>) -> Result<u64>;
+
+    /// Every usage-log key version, oldest first.
+    async fn audit_keys(&self) -> Result<Vec<AuditKeyRecord>>;
+
+    /// Adds a usage-log key version; fails with
+    /// [`Error::Invalid`](crate::Error::Invalid) if that version exists.
+    async fn add_audit_key(&self, key: AuditKeyRecord) -> Result<()>;
+
+    /// Replaces the sealed form of usage-log key `version` if it is still
+    /// `old` (a master-key rewrap). True when replaced.
+    async fn rewrap_audit_key(
+        &self,
+        version: u32,
+        old: Vec<u8>,
+        sealed: Vec<u8>,
+        key_id: String,
+    ) -> Result<bool>;
 
     /// Checks that the store can serve requests.
     async fn health(&self) -> Result<()>;

@@ -64,8 +64,9 @@ pub enum Error {
     /// Storage failed.
     #[error("storage failed")]
     Store(#[from] vault_secret_store::Error),
-    /// Sealing or opening failed.
-    #[error("encryption failed")]
+    /// Sealing or opening failed, or a key operation was refused. The
+    /// encryption layer's messages never hold key material or plaintext.
+    #[error("{0}")]
     Crypto(#[from] vault_encryption_layer::Error),
 }
 
@@ -107,6 +108,7 @@ impl Error {
                 _ => "internal",
             },
             Self::Crypto(vault_encryption_layer::Error::UnknownKey { .. }) => "key_unavailable",
+            Self::Crypto(vault_encryption_layer::Error::Unsupported(_)) => "unsupported",
             Self::Crypto(e) => match e.kind() {
                 ErrorKind::Unavailable => "key_unavailable",
                 _ => "decryption_failed",

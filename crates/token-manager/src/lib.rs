@@ -40,6 +40,7 @@
 mod background;
 mod error;
 mod forward;
+mod keys;
 mod locks;
 mod manager;
 mod model;
@@ -50,6 +51,10 @@ mod refresh;
 pub use background::{NotifierConfig, RefresherConfig};
 pub use error::{Error, Result};
 pub use forward::{AuditSink, ForwarderConfig, audit_entry_json};
+pub use keys::{
+    AuditKeyring, KeyMaintenanceConfig, KeyStatus, LEGACY_AUDIT_KEY_LABEL, RewrapProgress,
+    run_key_maintenance,
+};
 pub use manager::{RefreshPolicy, TokenManager, TokenManagerBuilder};
 pub use model::{
     DeleteOutcome, IssuedToken, RequestContext, Revocation, RevocationOutcome, SecretInfo,
@@ -57,5 +62,5 @@ pub use model::{
 };
 pub use notify::{SIGNATURE_HEADER, sign_webhook};
 pub use vault_secret_store::{
-    AuditAction, AuditEntry, AuditOutcome, AuditQuery, AuditRecord, SecretStatus,
+    AuditAction, AuditEntry, AuditOutcome, AuditQuery, AuditRecord, KeyUsage, SecretStatus,
 };

@@ -1,43 +1,12 @@
-//! The usage-log chain key and `vault-server audit …`.
+//! `vault-server audit …`.
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use vault_encryption_layer::{DataKey, KeyProvider};
-use vault_secret_store::{AuditMac, AuditProblem};
+use vault_secret_store::AuditProblem;
 
 use crate::cli::AuditCommand;
 use crate::config::Config;
-
-/// The label the usage-log key is derived under from the master key.
-pub const AUDIT_KEY_LABEL: &str = "audit-log-mac-v1";
-
-/// HMAC-SHA256 with a key derived from the master key.
-pub struct HmacAuditMac {
-    key: DataKey,
-}
-
-impl std::fmt::Debug for HmacAuditMac {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HmacAuditMac([redacted])")
-    }
-}
-
-impl HmacAuditMac {
-    /// The chain MAC for the master key behind `keys`.
-    pub async fn derive(keys: &dyn KeyProvider) -> vault_encryption_layer::Result<Self> {
-        Ok(Self {
-            key: keys.derive(AUDIT_KEY_LABEL).await?,
-        })
-    }
-}
-
-impl AuditMac for HmacAuditMac {
-    fn mac(&self, data: &[u8]) -> [u8; 32] {
-        vault_encryption_layer::hmac_sha256(self.key.expose(), data)
-    }
-}
 
 /// Runs an audit command; the process exit code (1 when the chain is broken).
 pub fn run(config_path: Option<&Path>, cmd: AuditCommand) -> ExitCode {
@@ -48,16 +17,14 @@ pub fn run(config_path: Option<&Path>, cmd: AuditCommand) -> ExitCode {
 }
 
 async fn execute(config: &Config, cmd: AuditCommand) -> Result<ExitCode, String> {
-    let (store, keys) = crate::startup::open_existing(config)
+    let opened = crate::startup::open_vault(config, false)
         .await
         .map_err(|e| e.to_string())?;
+    let store = opened.store;
     match cmd {
         AuditCommand::Verify => {
-            let mac = HmacAuditMac::derive(keys.as_ref())
-                .await
-                .map_err(|e| e.to_string())?;
             let v = store
-                .verify_audit(Arc::new(mac))
+                .verify_audit(opened.audit_keys)
                 .await
                 .map_err(|e| e.to_string())?;
             let last = v
@@ -111,20 +78,5 @@ async fn execute(config: &Config, cmd: AuditCommand) -> Result<ExitCode, String>
             }
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_chain_key_is_derived_and_never_printed() {
-        let keys = vault_encryption_layer::LocalKeyProvider::generate().unwrap();
-        let a = HmacAuditMac::derive(&keys).await.unwrap();
-        let b = HmacAuditMac::derive(&keys).await.unwrap();
-        assert_eq!(a.mac(b"x"), b.mac(b"x"));
-        assert_ne!(a.mac(b"x"), a.mac(b"y"));
-        assert_eq!(format!("{a:?}"), "HmacAuditMac([redacted])");
     }
 }

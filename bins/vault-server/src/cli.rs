@@ -42,6 +42,21 @@ pub enum Command {
     /// The configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Master keys: status, rotation, rewrap, retirement.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Copy the database to FILE while the vault runs (a consistent
+    /// snapshot holding sealed values only, never a key).
+    Backup {
+        /// The new file (must not exist).
+        file: PathBuf,
+    },
+    /// Restore a backup into an empty data directory; refused when the
+    /// configured key cannot open it.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
     /// Import tokens from a JSON-lines file (one store request per line).
     /// Every line is validated first; one bad line and nothing is imported.
     Import {
@@ -63,6 +78,33 @@ pub enum ConfigCommand {
     /// the effective configuration, token hashes masked; exit 2 when it is
     /// invalid.
     Check,
+}
+
+/// `vault-server keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Show the active master key, what each key seals, the rewrap backlog
+    /// and which old keys can be retired.
+    Status,
+    /// Create a new master key version (file provider: appended to the key
+    /// file; transit: a new Transit key version). New values use it at once;
+    /// stored ones are rewrapped unless --no-rewrap (the server also
+    /// rewraps in the background).
+    Rotate {
+        /// Leave the rewrap to the running server.
+        #[arg(long)]
+        no_rewrap: bool,
+    },
+    /// Rewrap every stored value under the active master key now.
+    Rewrap,
+    /// Forget an old master key version; refused while anything is sealed
+    /// under it.
+    Retire {
+        /// The key id (see `keys status`).
+        key_id: String,
+    },
+    /// Start a new usage-log key version; the chain stays verifiable.
+    RotateAuditKey,
 }
 
 /// `vault-server audit …`.
@@ -111,6 +153,9 @@ pub fn main() -> ExitCode {
         Command::Engine(cmd) => crate::engines::run(cli.config.as_deref(), cmd),
         Command::Audit(cmd) => crate::audit::run(cli.config.as_deref(), cmd),
         Command::Config(ConfigCommand::Check) => config_check(cli.config.as_deref()),
+        Command::Keys(cmd) => crate::keys::run(cli.config.as_deref(), cmd),
+        Command::Backup { file } => crate::keys::backup(cli.config.as_deref(), &file),
+        Command::Restore { file } => crate::keys::restore(cli.config.as_deref(), &file),
         Command::Import {
             file,
             dry_run,

@@ -418,12 +418,67 @@ impl Default for StorageConfig {
 
 /// Key providers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum KeyProviderKind {
-    /// A base64 key in a file.
+    /// Base64 keys in a file (a key ring: the last line is active).
     File,
-    /// A base64 key in an environment variable.
+    /// Base64 keys in an environment variable (comma separated).
     Env,
+    /// AWS KMS wraps the data keys (`[keys.aws_kms]`).
+    AwsKms,
+    /// A HashiCorp Vault / OpenBao Transit engine wraps the data keys
+    /// (`[keys.transit]`).
+    Transit,
+}
+
+/// `[keys.aws_kms]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsKmsSection {
+    /// The region (requests are signed for it).
+    pub region: String,
+    /// The KMS key new data keys are wrapped under: id, alias or ARN.
+    pub key_id: String,
+    /// Keys used before, still accepted for unwrapping until rewrapped.
+    #[serde(default)]
+    pub previous_key_ids: Vec<String>,
+    /// The endpoint; default `https://kms.<region>.amazonaws.com`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Variable holding the access key id.
+    #[serde(default = "default_aws_access_key_env")]
+    pub access_key_id_env: String,
+    /// Variable holding the secret access key.
+    #[serde(default = "default_aws_secret_key_env")]
+    pub secret_access_key_env: String,
+    /// Variable holding a session token (optional; used when set).
+    #[serde(default = "default_aws_session_token_env")]
+    pub session_token_env: String,
+    /// Time limit of one KMS request.
+    #[serde(default = "default_kms_timeout")]
+    pub timeout_secs: u64,
+}
+
+/// `[keys.transit]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitSection {
+    /// The server, e.g. `https://openbao.internal:8200`.
+    pub address: String,
+    /// The Transit key's name.
+    pub key_name: String,
+    /// Where the Transit engine is mounted.
+    #[serde(default = "default_transit_mount")]
+    pub mount: String,
+    /// Variable holding the token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// File holding the token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Time limit of one request.
+    #[serde(default = "default_kms_timeout")]
+    pub timeout_secs: u64,
 }
 
 /// `[keys]`.
@@ -443,6 +498,25 @@ pub struct KeysConfig {
     /// Environment variable for `provider = "env"`.
     #[serde(default = "default_key_env")]
     pub env_var: String,
+    /// For `provider = "aws-kms"`.
+    #[serde(default)]
+    pub aws_kms: Option<AwsKmsSection>,
+    /// For `provider = "transit"`.
+    #[serde(default)]
+    pub transit: Option<TransitSection>,
+    /// With a remote KMS: how long an unwrapped data key stays in memory.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_secs: u64,
+    /// With a remote KMS: how many unwrapped data keys stay in memory.
+    #[serde(default = "default_cache_entries")]
+    pub cache_max_entries: usize,
+    /// Values rewrapped per transaction after a rotation.
+    #[serde(default = "default_rewrap_batch")]
+    pub rewrap_batch: u32,
+    /// How often the server looks for key rotations made elsewhere and
+    /// for values to rewrap.
+    #[serde(default = "default_key_check")]
+    pub check_interval_secs: u64,
 }
 
 impl Default for KeysConfig {
@@ -452,6 +526,12 @@ impl Default for KeysConfig {
             file: None,
             create_if_missing: true,
             env_var: default_key_env(),
+            aws_kms: None,
+            transit: None,
+            cache_ttl_secs: default_cache_ttl(),
+            cache_max_entries: default_cache_entries(),
+            rewrap_batch: default_rewrap_batch(),
+            check_interval_secs: default_key_check(),
         }
     }
 }
@@ -534,6 +614,33 @@ fn default_key_provider() -> KeyProviderKind {
 }
 fn default_key_env() -> String {
     "VAULT_MASTER_KEY".into()
+}
+fn default_aws_access_key_env() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+fn default_aws_secret_key_env() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+fn default_aws_session_token_env() -> String {
+    "AWS_SESSION_TOKEN".into()
+}
+fn default_kms_timeout() -> u64 {
+    5
+}
+fn default_transit_mount() -> String {
+    "transit".into()
+}
+fn default_cache_ttl() -> u64 {
+    300
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_rewrap_batch() -> u32 {
+    500
+}
+fn default_key_check() -> u64 {
+    5
 }
 fn default_environment() -> String {
     "prod".into()
@@ -755,6 +862,59 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "access: max_failures, lockout_secs and engine_reload_secs must be positive".into(),
             ));
+        }
+        let k = &self.keys;
+        if k.rewrap_batch == 0 || k.rewrap_batch > 10_000 || k.check_interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "keys: rewrap_batch 1..=10000 and a positive check_interval_secs".into(),
+            ));
+        }
+        if k.cache_ttl_secs > 86_400 || k.cache_max_entries > 10_000_000 {
+            return Err(ConfigError::Invalid(
+                "keys: cache_ttl_secs at most 86400, cache_max_entries at most 10000000".into(),
+            ));
+        }
+        match k.provider {
+            KeyProviderKind::AwsKms => {
+                let Some(aws) = &k.aws_kms else {
+                    return Err(ConfigError::Invalid(
+                        "keys.provider = \"aws-kms\" needs [keys.aws_kms] region and key_id".into(),
+                    ));
+                };
+                if aws.region.trim().is_empty() || aws.key_id.trim().is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "keys.aws_kms: region and key_id must not be empty".into(),
+                    ));
+                }
+                if let Some(endpoint) = &aws.endpoint {
+                    check_url("keys.aws_kms.endpoint", endpoint)?;
+                }
+                if aws.timeout_secs == 0 || aws.timeout_secs > 300 {
+                    return Err(ConfigError::Invalid(
+                        "keys.aws_kms.timeout_secs must be 1..=300".into(),
+                    ));
+                }
+            }
+            KeyProviderKind::Transit => {
+                let Some(t) = &k.transit else {
+                    return Err(ConfigError::Invalid(
+                        "keys.provider = \"transit\" needs [keys.transit] address and key_name"
+                            .into(),
+                    ));
+                };
+                check_url("keys.transit.address", &t.address)?;
+                if t.token_env.is_some() == t.token_file.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "keys.transit: give exactly one of token_env and token_file".into(),
+                    ));
+                }
+                if t.key_name.trim().is_empty() || t.timeout_secs == 0 || t.timeout_secs > 300 {
+                    return Err(ConfigError::Invalid(
+                        "keys.transit: key_name must not be empty, timeout_secs 1..=300".into(),
+                    ));
+                }
+            }
+            KeyProviderKind::File | KeyProviderKind::Env => {}
         }
         for engine in &self.engines {
             for grant in &engine.grants {

@@ -26,5 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod engines;
 pub mod import;
+pub mod keys;
+pub mod progress;
 pub mod startup;
 pub mod telemetry;

@@ -15,16 +15,20 @@ use vault_access_resolver::{
     EngineSource, token_sha256_hex,
 };
 use vault_api::{AccessLimits, ApiState};
-use vault_encryption_layer::{Envelope, KeyProvider, LocalKeyProvider};
+use vault_encryption_layer::{
+    AwsCredentials, AwsKmsConfig, AwsKmsProvider, CacheLimits, CachingKeyProvider, Envelope,
+    KeyProvider, LocalKeyProvider, TransitConfig, TransitProvider,
+};
 use vault_secret_store::{SecretStore, SqliteStore};
+use zeroize::Zeroizing;
 
 use vault_token_manager::provider::{ProviderConfig, ProviderRegistry};
 use vault_token_manager::{
-    AuditSink, ForwarderConfig, NotifierConfig, RefreshPolicy, RefresherConfig, TokenManager,
+    AuditKeyring, AuditSink, ForwarderConfig, KeyMaintenanceConfig, NotifierConfig, RefreshPolicy,
+    RefresherConfig, TokenManager,
 };
 use vault_types::{Clock, Secret, SystemClock};
 
-use crate::audit::HmacAuditMac;
 use crate::config::{Config, KeyProviderKind, ResolverKind, StorageBackend};
 
 /// Why the server could not start. Each names what to fix.
@@ -38,14 +42,28 @@ pub enum StartupError {
     Keys(#[from] vault_encryption_layer::Error),
     /// The database holds secrets sealed under a key that is not loaded.
     #[error(
-        "the database holds secrets sealed under master key {needed}, but the configured key is {loaded}; configure the key with id {needed}"
+        "the database holds secrets sealed under master key {needed}, but the configured key provider has only {loaded}; configure the key with id {needed}"
     )]
     MissingKey {
         /// The key id the stored secrets need.
         needed: String,
-        /// The key id that was loaded.
+        /// The key ids that were loaded.
         loaded: String,
     },
+    /// The key provider does not work (a KMS unreachable, a key refused).
+    #[error("the {provider} key provider does not work, so the vault will not serve: {source}")]
+    KeyCheck {
+        /// The kind of provider.
+        provider: String,
+        /// What failed.
+        #[source]
+        source: vault_encryption_layer::Error,
+    },
+    /// Stored keys do not open with the configured master key.
+    #[error(
+        "the usage-log keys stored in the database do not open with the configured master key ({0}); is this the key this database was written with?"
+    )]
+    WrongKey(String),
     /// The database holds secrets but the key file is gone.
     #[error(
         "the database holds secrets sealed under master key {needed}, but the key file {path} does not exist; restore it (a new key would not open them)"
@@ -95,31 +113,60 @@ fn ensure_private_dir(dir: &Path) -> Result<(), StartupError> {
         .map_err(io(format!("creating {}", dir.display())))
 }
 
-/// Opens the store and the master key of an existing vault (never
-/// creating a key), for command-line tools.
-pub async fn open_existing(
+/// An opened vault for command-line tools: the store, its token manager
+/// and the usage-log keys (records the tool writes are chained).
+#[derive(Debug)]
+pub struct Opened {
+    /// The store.
+    pub store: Arc<dyn SecretStore>,
+    /// The token manager over it.
+    pub tokens: TokenManager,
+    /// The usage-log keys.
+    pub audit_keys: Arc<AuditKeyring>,
+}
+
+/// Opens the configured vault for a command-line tool: the same checks as
+/// the server's start (the key provider works and holds every key the
+/// database needs). `allow_create`: a missing key file may be created as
+/// the server would (only while the database holds nothing sealed).
+pub async fn open_vault(config: &Config, allow_create: bool) -> Result<Opened, StartupError> {
+    open_vault_with_clock(config, allow_create, Arc::new(SystemClock), false).await
+}
+
+async fn open_vault_with_clock(
     config: &Config,
-) -> Result<(Arc<dyn SecretStore>, Arc<dyn KeyProvider>), StartupError> {
+    allow_create: bool,
+    clock: Arc<dyn Clock>,
+    notifications: bool,
+) -> Result<Opened, StartupError> {
     let store = open_store(config).await?;
     let in_use = store.key_ids_in_use().await?;
-    let keys = load_keys(config, &in_use, false)?;
-    Ok((store, keys))
+    let keys = load_keys(config, &in_use, allow_create).await?;
+    let tokens = TokenManager::builder(Arc::clone(&store), Envelope::new(keys), clock)
+        .providers(providers(config)?)
+        .refresh_policy(refresh_policy(config))
+        .notifications(notifications)
+        .build();
+    let audit_keys = tokens.load_audit_keys().await.map_err(|e| match e {
+        vault_token_manager::Error::Crypto(c @ vault_encryption_layer::Error::Decrypt) => {
+            StartupError::WrongKey(c.to_string())
+        }
+        vault_token_manager::Error::Crypto(c) => StartupError::Keys(c),
+        vault_token_manager::Error::Store(s) => StartupError::Storage(s),
+        other => StartupError::WrongKey(other.to_string()),
+    })?;
+    Ok(Opened {
+        store,
+        tokens,
+        audit_keys,
+    })
 }
 
 /// A token manager over the configured store, key and providers, for
 /// command-line tools that write secrets (a missing key is created as the
 /// server would, and records are chained).
 pub async fn tool_token_manager(config: &Config) -> Result<TokenManager, StartupError> {
-    let store = open_store(config).await?;
-    let in_use = store.key_ids_in_use().await?;
-    let keys = load_keys(config, &in_use, true)?;
-    store.chain_audit(Arc::new(HmacAuditMac::derive(keys.as_ref()).await?));
-    Ok(
-        TokenManager::builder(store, Envelope::new(keys), Arc::new(SystemClock))
-            .providers(providers(config)?)
-            .refresh_policy(refresh_policy(config))
-            .build(),
-    )
+    Ok(open_vault(config, true).await?.tokens)
 }
 
 /// A running vault: its address and a handle to stop it.
@@ -147,12 +194,129 @@ async fn open_store(config: &Config) -> Result<Arc<dyn SecretStore>, StartupErro
     }
 }
 
-/// Loads the master key and checks that it opens what is stored.
-fn load_keys(
+fn env_value(what: &str, var: &str) -> Result<Zeroizing<String>, StartupError> {
+    let value = std::env::var(var).map_err(|_| {
+        StartupError::Secret(format!("{what}: environment variable {var} is not set"))
+    })?;
+    if value.trim().is_empty() {
+        return Err(StartupError::Secret(format!(
+            "{what}: environment variable {var} is empty"
+        )));
+    }
+    Ok(Zeroizing::new(value.trim().to_owned()))
+}
+
+/// Builds the configured key provider (a remote one behind the data-key
+/// cache).
+async fn key_provider(
     config: &Config,
     in_use: &[String],
     allow_create: bool,
 ) -> Result<Arc<dyn KeyProvider>, StartupError> {
+    let k = &config.keys;
+    let cache = CacheLimits {
+        ttl: Duration::from_secs(k.cache_ttl_secs),
+        max_entries: k.cache_max_entries,
+    };
+    let remote: Arc<dyn KeyProvider> = match k.provider {
+        KeyProviderKind::File | KeyProviderKind::Env => {
+            return Ok(Arc::new(local_keys(config, in_use, allow_create)?));
+        }
+        KeyProviderKind::AwsKms => {
+            let aws = k
+                .aws_kms
+                .as_ref()
+                .ok_or_else(|| StartupError::Secret("keys.aws_kms is not configured".into()))?;
+            let session_token = std::env::var(&aws.session_token_env)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| Zeroizing::new(t.trim().to_owned()));
+            let credentials = AwsCredentials {
+                access_key_id: env_value("keys.aws_kms access key id", &aws.access_key_id_env)?
+                    .to_string(),
+                secret_access_key: env_value(
+                    "keys.aws_kms secret access key",
+                    &aws.secret_access_key_env,
+                )?,
+                session_token,
+            };
+            Arc::new(AwsKmsProvider::new(AwsKmsConfig {
+                endpoint: aws
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| format!("https://kms.{}.amazonaws.com", aws.region)),
+                region: aws.region.clone(),
+                key_id: aws.key_id.clone(),
+                previous_key_ids: aws.previous_key_ids.clone(),
+                credentials,
+                timeout: Duration::from_secs(aws.timeout_secs),
+            })?)
+        }
+        KeyProviderKind::Transit => {
+            let t = k
+                .transit
+                .as_ref()
+                .ok_or_else(|| StartupError::Secret("keys.transit is not configured".into()))?;
+            let token = read_secret(
+                "keys.transit token",
+                t.token_env.as_deref(),
+                t.token_file.as_deref(),
+            )?
+            .ok_or_else(|| StartupError::Secret("keys.transit: no token".into()))?;
+            let provider = TransitProvider::connect(TransitConfig {
+                address: t.address.clone(),
+                mount: t.mount.clone(),
+                key_name: t.key_name.clone(),
+                token: Zeroizing::new(token.expose().to_owned()),
+                timeout: Duration::from_secs(t.timeout_secs),
+            })
+            .await
+            .map_err(|source| StartupError::KeyCheck {
+                provider: "transit".into(),
+                source,
+            })?;
+            Arc::new(provider)
+        }
+    };
+    Ok(Arc::new(CachingKeyProvider::new(remote, cache)))
+}
+
+/// Loads the master keys and checks, before anything is served, that the
+/// provider works (for a KMS: reachable, the key usable) and holds every
+/// key the database needs.
+async fn load_keys(
+    config: &Config,
+    in_use: &[String],
+    allow_create: bool,
+) -> Result<Arc<dyn KeyProvider>, StartupError> {
+    let keys = key_provider(config, in_use, allow_create).await?;
+    keys.check()
+        .await
+        .map_err(|source| StartupError::KeyCheck {
+            provider: keys.kind().to_owned(),
+            source,
+        })?;
+    let available = keys.key_ids();
+    if let Some(needed) = in_use.iter().find(|id| !available.contains(id)) {
+        return Err(StartupError::MissingKey {
+            needed: needed.clone(),
+            loaded: available.join(", "),
+        });
+    }
+    tracing::info!(
+        provider = keys.kind(),
+        key_id = %keys.active_key_id(),
+        versions = available.len(),
+        "loaded master key"
+    );
+    Ok(keys)
+}
+
+fn local_keys(
+    config: &Config,
+    in_use: &[String],
+    allow_create: bool,
+) -> Result<LocalKeyProvider, StartupError> {
     let keys = match config.keys.provider {
         KeyProviderKind::File => {
             let path = config.key_file();
@@ -172,16 +336,9 @@ fn load_keys(
                 allow_create && config.keys.create_if_missing && in_use.is_empty(),
             )?
         }
-        KeyProviderKind::Env => LocalKeyProvider::from_env(&config.keys.env_var)?,
+        _ => LocalKeyProvider::from_env(&config.keys.env_var)?,
     };
-    if let Some(needed) = in_use.iter().find(|id| *id != keys.active_key_id()) {
-        return Err(StartupError::MissingKey {
-            needed: needed.clone(),
-            loaded: keys.active_key_id().to_owned(),
-        });
-    }
-    tracing::info!(key_id = keys.active_key_id(), "loaded master key");
-    Ok(Arc::new(keys))
+    Ok(keys)
 }
 
 /// Reads the development engine's token, creating it (mode 0600) on first use.
@@ -508,12 +665,12 @@ impl Application {
         config: &Config,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
-        let store = open_store(config).await?;
-        let in_use = store.key_ids_in_use().await?;
-        let keys = load_keys(config, &in_use, true)?;
-        // Every usage record from now on is chained with a key derived from
-        // the master key.
-        store.chain_audit(Arc::new(HmacAuditMac::derive(keys.as_ref()).await?));
+        // The same checks as every tool: the key provider works, holds every
+        // key the database needs and opens the usage-log keys, which chain
+        // every record from now on.
+        let opened =
+            open_vault_with_clock(config, true, clock, config.notifications.is_some()).await?;
+        let store = opened.store;
         let access = resolver(config, &store).await?;
         let notifier = match &config.notifications {
             Some(n) => {
@@ -532,11 +689,16 @@ impl Application {
             }
             None => None,
         };
-        let tokens = TokenManager::builder(store, Envelope::new(keys), clock)
-            .providers(providers(config)?)
-            .refresh_policy(refresh_policy(config))
-            .notifications(notifier.is_some())
-            .build();
+        let tokens = opened.tokens;
+        actix_web::rt::spawn(vault_token_manager::run_key_maintenance(
+            tokens.clone(),
+            Some(opened.audit_keys),
+            KeyMaintenanceConfig {
+                interval: Duration::from_secs(config.keys.check_interval_secs),
+                batch: config.keys.rewrap_batch,
+                ..KeyMaintenanceConfig::default()
+            },
+        ));
         // Background work runs on the server's own runtime and ends with it.
         if config.refresh.background {
             let r = &config.refresh;

@@ -842,3 +842,327 @@ fn the_shell_walkthrough_runs_against_the_embedded_default() {
         assert!(text.contains(expected), "missing {expected} in:\n{text}");
     }
 }
+
+fn cli(dir: &Path, envs: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir).env_remove("VAULT_CONFIG").args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn count_under(dir: &Path, key_id: &str) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join("vault-data/vault.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.query_row(
+        "SELECT COUNT(*) FROM secrets WHERE key_id = ?1",
+        [key_id],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+const KEY_ENV: &[(&str, &str)] = &[
+    ("VAULT__KEYS__CHECK_INTERVAL_SECS", "1"),
+    ("VAULT__KEYS__REWRAP_BATCH", "5"),
+];
+
+#[test]
+fn master_key_rotation_rewraps_online_survives_kill_9_and_retires_the_old_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), KEY_ENV).unwrap();
+    let token = dev_token(dir.path());
+    let n = 200;
+    for i in 0..n {
+        let mut body = slack(&format!("xoxb-rot-{i}"), &format!("rt-{i}"));
+        body["platform"] = json!(format!("p{i}"));
+        assert_eq!(store(&s, &token, &body).status().as_u16(), 201);
+    }
+    let (code, before, _) = cli(dir.path(), &[], &["keys", "status"]);
+    assert_eq!(code, 0);
+    let old = before
+        .lines()
+        .find_map(|l| l.strip_prefix("active master key: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    // Rotate from the command line while the server runs; leave the
+    // rewrap to the server's background job.
+    let (code, out, err) = cli(dir.path(), &[], &["keys", "rotate", "--no-rewrap"]);
+    assert_eq!(code, 0, "{err}");
+    let new = out.trim().to_owned();
+    assert!(new.starts_with("local-") && new != old, "{out}");
+
+    // The server picks the new key up and rewraps in batches: catch it in
+    // the middle and kill it there.
+    let mut partial = false;
+    for _ in 0..2000 {
+        let moved = count_under(dir.path(), &new);
+        if moved > 0 && moved < n {
+            partial = true;
+            break;
+        }
+        if moved >= n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    s.signal("-KILL");
+    s.wait();
+    let moved_at_kill = count_under(dir.path(), &new);
+    eprintln!("killed with {moved_at_kill}/{n} rewrapped (caught mid-way: {partial})");
+
+    // Retirement is refused while anything is sealed under the old key.
+    if moved_at_kill < n {
+        let (code, _, err) = cli(dir.path(), &[], &["keys", "retire", &old]);
+        assert_ne!(code, 0);
+        assert!(err.contains("still seals"), "{err}");
+    }
+
+    // A restart resumes the rewrap; nothing is lost.
+    let s = start(dir.path(), KEY_ENV).unwrap();
+    wait_until("the rewrap to finish", || {
+        count_under(dir.path(), &new) == n
+    });
+    // A new store is sealed under the new key at once.
+    let mut body = slack("xoxb-after", "rt-after");
+    body["platform"] = json!("after");
+    assert_eq!(store(&s, &token, &body).status().as_u16(), 201);
+    assert_eq!(count_under(dir.path(), &new), n + 1);
+    for i in (0..n).step_by(7) {
+        let res = get(&s, &token, &format!("/vault/token/pf_203/p{i}"));
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(
+            res.json::<Value>().unwrap()["access_token"],
+            format!("xoxb-rot-{i}")
+        );
+    }
+    let status: Value = get(&s, &token, "/vault/keys").json().unwrap();
+    assert_eq!(status["active_key_id"], new.as_str());
+    assert_eq!(status["pending_rewrap"], 0);
+    assert_eq!(status["retirable_key_ids"], json!([old.clone()]));
+
+    // Now the old key can go; the server keeps serving without it.
+    let (code, _, err) = cli(dir.path(), &[], &["keys", "retire", &old]);
+    assert_eq!(code, 0, "{err}");
+    let key_file = std::fs::read_to_string(dir.path().join("vault-data/master.key")).unwrap();
+    assert_eq!(key_file.lines().filter(|l| !l.starts_with('#')).count(), 1);
+    drop(s);
+    let s = start(dir.path(), KEY_ENV).unwrap();
+    let res = get(&s, &token, "/vault/token/pf_203/p3");
+    assert_eq!(res.status().as_u16(), 200);
+    drop(s);
+    let conn = rusqlite::Connection::open(dir.path().join("vault-data/vault.db")).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let (code, out) = audit_cli(dir.path(), &["verify"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn the_usage_log_key_rotates_through_the_admin_api_and_the_chain_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[]).unwrap();
+    let token = dev_token(dir.path());
+    assert_eq!(
+        store(&s, &token, &slack("xoxb-a", "rt-a"))
+            .status()
+            .as_u16(),
+        201
+    );
+    let res = client()
+        .post(format!("{}/vault/keys/rotate?target=audit", s.base))
+        .header("X-Engine-Id", "dev")
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.json::<Value>().unwrap()["version"], 2);
+    for _ in 0..5 {
+        assert_eq!(
+            get(&s, &token, "/vault/token/pf_203/slack")
+                .status()
+                .as_u16(),
+            200
+        );
+    }
+    let res = client()
+        .post(format!("{}/vault/keys/rotate?target=nonsense", s.base))
+        .header("X-Engine-Id", "dev")
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    s.signal("-TERM");
+    s.wait();
+    // And once more offline, from the command line.
+    let (code, out, err) = cli(dir.path(), &[], &["keys", "rotate-audit-key"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "3");
+    let s = start(dir.path(), &[]).unwrap();
+    assert_eq!(
+        get(&s, &token, "/vault/token/pf_203/slack")
+            .status()
+            .as_u16(),
+        200
+    );
+    drop(s);
+    let (code, out) = audit_cli(dir.path(), &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("chain intact"), "{out}");
+}
+
+#[test]
+fn keys_in_the_environment_cannot_be_rotated_by_the_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let envs = [("VAULT__KEYS__PROVIDER", "env"), ("VAULT_MASTER_KEY", key)];
+    let (code, _, err) = cli(dir.path(), &envs, &["keys", "rotate"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("VAULT_MASTER_KEY"), "{err}");
+    assert!(!err.contains(key), "the key itself is never printed");
+}
+
+#[test]
+fn backup_while_writing_then_restore_and_a_wrong_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[]).unwrap();
+    let token = dev_token(dir.path());
+    for i in 0..50 {
+        let mut body = slack(&format!("xoxb-marker-bk-{i}"), &format!("rt-marker-bk-{i}"));
+        body["platform"] = json!(format!("b{i}"));
+        assert_eq!(store(&s, &token, &body).status().as_u16(), 201);
+    }
+    // A writer keeps storing while the backup runs.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (base, token, stop) = (s.base.clone(), token.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut body = slack(&format!("xoxb-marker-w-{i}"), "rt-marker-w");
+                body["platform"] = json!(format!("w{i}"));
+                let res = client()
+                    .post(format!("{base}/vault/store"))
+                    .header("X-Engine-Id", "dev")
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .unwrap();
+                assert_eq!(res.status().as_u16(), 201);
+                i += 1;
+            }
+            i
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let backup = dir.path().join("snapshot.db");
+    let (code, _, err) = cli(dir.path(), &[], &["backup", backup.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(written > 0);
+    drop(s);
+
+    // Only ciphertext in the copy.
+    let bytes = std::fs::read(&backup).unwrap();
+    assert!(
+        !bytes.windows(11).any(|w| w == b"xoxb-marker"),
+        "plaintext in backup"
+    );
+    assert!(
+        !bytes.windows(9).any(|w| w == b"rt-marker"),
+        "plaintext in backup"
+    );
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A second backup to the same file is refused rather than overwriting.
+    let (code, _, _) = cli(dir.path(), &[], &["backup", backup.to_str().unwrap()]);
+    assert_ne!(code, 0);
+
+    // Restore into an empty data directory with the right key.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join("vault-data")).unwrap();
+    std::fs::copy(
+        dir.path().join("vault-data/master.key"),
+        other.path().join("vault-data/master.key"),
+    )
+    .unwrap();
+    std::fs::copy(
+        dir.path().join("vault-data/dev-engine.token"),
+        other.path().join("vault-data/dev-engine.token"),
+    )
+    .unwrap();
+    let (code, _, err) = cli(other.path(), &[], &["restore", backup.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("chain intact"), "{err}");
+    // Restoring over an existing database is refused.
+    let (code, _, err) = cli(other.path(), &[], &["restore", backup.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("exists already"), "{err}");
+    let s = start(other.path(), &[]).unwrap();
+    for i in (0..50).step_by(5) {
+        let res = get(&s, &token, &format!("/vault/token/pf_203/b{i}"));
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(
+            res.json::<Value>().unwrap()["access_token"],
+            format!("xoxb-marker-bk-{i}")
+        );
+    }
+    drop(s);
+
+    // With another key the restore is refused, naming the key it needs,
+    // and leaves nothing behind.
+    let wrong = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(wrong.path().join("vault-data")).unwrap();
+    std::fs::write(
+        wrong.path().join("vault-data/master.key"),
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        wrong.path().join("vault-data/master.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let (code, _, err) = cli(wrong.path(), &[], &["restore", backup.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("sealed under master key local-"), "{err}");
+    assert!(!wrong.path().join("vault-data/vault.db").exists());
+}
+
+#[test]
+fn an_unreachable_kms_stops_the_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("http://127.0.0.1:{port}");
+    let err = start(
+        dir.path(),
+        &[
+            ("VAULT__KEYS__PROVIDER", "transit"),
+            ("VAULT__KEYS__TRANSIT__ADDRESS", &address),
+            ("VAULT__KEYS__TRANSIT__KEY_NAME", "vault-engine"),
+            ("VAULT__KEYS__TRANSIT__TOKEN_ENV", "TRANSIT_TOKEN"),
+            ("TRANSIT_TOKEN", "s.secret-transit-token"),
+        ],
+    )
+    .err()
+    .expect("must refuse");
+    assert!(err.contains("transit key provider does not work"), "{err}");
+    assert!(err.contains(&address), "{err}");
+    assert!(!err.contains("s.secret-transit-token"), "{err}");
+    assert!(!dir.path().join("vault-data/master.key").exists());
+}

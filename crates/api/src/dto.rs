@@ -229,3 +229,44 @@ pub(crate) struct AuditPageBody {
     /// Pass as `cursor` for the next (older) page; null when there is none.
     pub(crate) next_cursor: Option<i64>,
 }
+
+/// `GET /vault/keys`: ids and counts only, never key material.
+#[derive(Debug, Serialize)]
+pub(crate) struct KeyStatusBody {
+    provider: String,
+    active_key_id: String,
+    available_key_ids: Vec<String>,
+    usage: Vec<KeyUsageBody>,
+    pending_rewrap: u64,
+    retirable_key_ids: Vec<String>,
+    audit_key_version: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct KeyUsageBody {
+    key_id: String,
+    secrets: u64,
+    audit_keys: u64,
+}
+
+impl From<vault_token_manager::KeyStatus> for KeyStatusBody {
+    fn from(s: vault_token_manager::KeyStatus) -> Self {
+        Self {
+            provider: s.provider,
+            active_key_id: s.active,
+            available_key_ids: s.available,
+            usage: s
+                .usage
+                .into_iter()
+                .map(|u| KeyUsageBody {
+                    key_id: u.key_id,
+                    secrets: u.secrets,
+                    audit_keys: u.audit_keys,
+                })
+                .collect(),
+            pending_rewrap: s.pending_rewrap,
+            retirable_key_ids: s.retirable,
+            audit_key_version: s.audit_key_version,
+        }
+    }
+}

@@ -544,3 +544,62 @@ pub(crate) async fn route_not_found() -> HttpResponse {
     ApiError::with_status(StatusCode::NOT_FOUND, "route_not_found", "no such route")
         .error_response()
 }
+
+/// `GET /vault/keys`: the master keys, what each seals and the rewrap
+/// backlog (ids and counts only), for engines with an `admin` grant.
+pub(crate) async fn keys_status(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let action = Action::Admin;
+    let caller = authenticate(&state, &req, action).await?;
+    if let Err(e) = state.inner.access.authorize_admin(&caller.principal).await {
+        return Err(refuse(&state, &caller.ctx, action, None, e.into()).await);
+    }
+    let status = state.inner.tokens.key_status().await?;
+    Ok(HttpResponse::Ok().json(crate::dto::KeyStatusBody::from(status)))
+}
+
+/// `POST /vault/keys/rotate`: a new master key version (new values are
+/// sealed under it at once; stored ones are rewrapped in the background).
+/// `?target=audit` rotates the usage-log key instead.
+pub(crate) async fn keys_rotate(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let action = Action::Admin;
+    let caller = authenticate(&state, &req, action).await?;
+    if let Err(e) = state.inner.access.authorize_admin(&caller.principal).await {
+        return Err(refuse(&state, &caller.ctx, action, None, e.into()).await);
+    }
+    let target = match web::Query::<RotateParams>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner().target,
+        Err(_) => return Err(refuse(&state, &caller.ctx, action, None, invalid_query()).await),
+    };
+    let tokens = &state.inner.tokens;
+    let body = match target.as_deref() {
+        None | Some("master") => {
+            let key_id = tokens.rotate_master_key(&caller.ctx).await?;
+            serde_json::json!({ "rotated": "master", "key_id": key_id })
+        }
+        Some("audit") => {
+            let version = tokens.rotate_audit_key(&caller.ctx).await?;
+            serde_json::json!({ "rotated": "audit", "version": version })
+        }
+        Some(_) => {
+            let e = ApiError::new(
+                ErrorKind::InvalidInput,
+                "invalid_query",
+                "target must be `master` or `audit`",
+            );
+            return Err(refuse(&state, &caller.ctx, action, None, e).await);
+        }
+    };
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateParams {
+    target: Option<String>,
+}

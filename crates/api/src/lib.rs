@@ -156,6 +156,16 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .default_service(web::to(handlers::method_not_allowed)),
             )
             .service(
+                web::resource("/vault/keys")
+                    .route(web::get().to(handlers::keys_status))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .service(
+                web::resource("/vault/keys/rotate")
+                    .route(web::post().to(handlers::keys_rotate))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .service(
                 web::resource("/vault/delete/{project}")
                     .route(web::delete().to(handlers::delete_project))
                     .default_service(web::to(handlers::method_not_allowed)),

@@ -371,13 +371,18 @@ async fn the_usage_log_is_forwarded_and_pruned_keeping_the_chain() {
         false,
     )
     .unwrap();
-    let mac = vault_server::audit::HmacAuditMac::derive(&keys)
-        .await
-        .unwrap();
-    let store = vault_secret_store::SqliteStore::open(&app.db_path())
-        .await
-        .unwrap();
-    let v = store.verify_audit(std::sync::Arc::new(mac)).await.unwrap();
+    let store: std::sync::Arc<dyn SecretStore> = std::sync::Arc::new(
+        vault_secret_store::SqliteStore::open(&app.db_path())
+            .await
+            .unwrap(),
+    );
+    let tokens = vault_token_manager::TokenManager::new(
+        std::sync::Arc::clone(&store),
+        vault_encryption_layer::Envelope::new(std::sync::Arc::new(keys)),
+        std::sync::Arc::new(vault_types::SystemClock),
+    );
+    let mac = tokens.load_audit_keys().await.unwrap();
+    let v = store.verify_audit(mac).await.unwrap();
     assert_eq!(v.problem, None, "{v:?}");
     assert_eq!(v.pruned_through, Some(5));
     assert_eq!(v.last_verified_seq, Some(6));

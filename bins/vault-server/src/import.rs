@@ -72,16 +72,17 @@ pub fn run(config_path: Option<&Path>, file: &Path, options: ImportOptions) -> E
             .map_err(|e| e.to_string())?;
         let total = good.len();
         let mut failed = 0usize;
+        let mut progress = crate::progress::Progress::new("import", Some(total as u64));
         for (done, (n, request)) in good.into_iter().enumerate() {
             let ctx = RequestContext::new(format!("import-{n}"), Some("import".into()));
             if let Err(e) = tokens.store(&ctx, request).await {
                 failed += 1;
                 eprintln!("line {n}: {e}");
             }
-            if (done + 1) % 1000 == 0 || done + 1 == total {
-                eprintln!("imported {}/{total}", done + 1 - failed);
-            }
+            progress.update(done as u64 + 1, total as u64);
         }
+        progress.finish();
+        eprintln!("imported {}/{total}", total - failed);
         Ok(if bad == 0 && failed == 0 {
             ExitCode::SUCCESS
         } else {

@@ -3,14 +3,17 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
 use vault_token_manager::provider::TokenKind;
 use vault_token_manager::{DeleteOutcome, IssuedToken, RevocationOutcome, SecretInfo};
 use vault_types::{Secret, SecretAddress};
 
 /// Query of `GET /vault/token/...`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TokenQuery {
+    /// Environment; the vault's default when absent.
     #[serde(default)]
     pub(crate) env: Option<String>,
     /// Comma-separated scopes the token must carry.
@@ -21,10 +24,12 @@ pub(crate) struct TokenQuery {
     pub(crate) force_refresh: Option<bool>,
 }
 
-/// Query of `DELETE /vault/delete/...`.
-#[derive(Debug, Deserialize)]
+/// Query naming an environment.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EnvQuery {
+    /// Environment; the vault's default when absent.
     #[serde(default)]
     pub(crate) env: Option<String>,
 }
@@ -36,7 +41,7 @@ pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// Metadata of a stored secret (store response): never a token.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SecretInfoBody {
     environment: String,
     project: String,
@@ -49,6 +54,7 @@ pub(crate) struct SecretInfoBody {
     token_type: String,
     stored_at: String,
     created_at: String,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
     last_refresh_at: Option<String>,
     last_error: Option<String>,
@@ -78,8 +84,9 @@ impl From<SecretInfo> for SecretInfoBody {
 }
 
 /// `GET /vault/token/...` response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct TokenBody {
+    #[schema(value_type = String)]
     access_token: Secret,
     token_type: String,
     valid_until: Option<String>,
@@ -112,7 +119,7 @@ impl TokenBody {
 }
 
 /// One token's revocation in a delete response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct RevocationBody {
     token: &'static str,
     outcome: &'static str,
@@ -121,7 +128,7 @@ pub(crate) struct RevocationBody {
 }
 
 /// `DELETE /vault/delete/...` response: one per deleted secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct DeleteBody {
     deleted: bool,
     environment: String,
@@ -159,38 +166,48 @@ impl From<DeleteOutcome> for DeleteBody {
 }
 
 /// `DELETE /vault/delete/{project}` response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct DeleteProjectBody {
     pub(crate) project: String,
     pub(crate) deleted: Vec<DeleteBody>,
 }
 
 /// Query of `GET /vault/audit`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditParams {
+    /// Only records of this project.
     #[serde(default)]
     pub(crate) project: Option<String>,
+    /// Only records of this platform.
     #[serde(default)]
     pub(crate) platform: Option<String>,
+    /// Only records of this environment.
     #[serde(default)]
     pub(crate) environment: Option<String>,
+    /// Only records of this engine.
     #[serde(default)]
     pub(crate) engine: Option<String>,
+    /// Only this action (store, read, delete, refresh, revoke, status, admin).
     #[serde(default)]
     pub(crate) action: Option<String>,
+    /// Records at or after this time (RFC 3339).
     #[serde(default)]
     pub(crate) since: Option<String>,
+    /// Records before this time (RFC 3339).
     #[serde(default)]
     pub(crate) until: Option<String>,
+    /// Page size, 1–1000 (default 100).
     #[serde(default)]
     pub(crate) limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     #[serde(default)]
     pub(crate) cursor: Option<i64>,
 }
 
 /// One usage record in `GET /vault/audit`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AuditEntryBody {
     id: i64,
     at: String,
@@ -223,7 +240,7 @@ impl From<vault_token_manager::AuditEntry> for AuditEntryBody {
 }
 
 /// `GET /vault/audit` response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AuditPageBody {
     pub(crate) records: Vec<AuditEntryBody>,
     /// Pass as `cursor` for the next (older) page; null when there is none.
@@ -231,7 +248,7 @@ pub(crate) struct AuditPageBody {
 }
 
 /// `GET /vault/keys`: ids and counts only, never key material.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct KeyStatusBody {
     provider: String,
     active_key_id: String,
@@ -242,7 +259,7 @@ pub(crate) struct KeyStatusBody {
     audit_key_version: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct KeyUsageBody {
     key_id: String,
     secrets: u64,

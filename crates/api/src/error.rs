@@ -28,6 +28,17 @@ struct Inner<'a> {
     message: &'a str,
 }
 
+/// Every code the API answers is listed in the OpenAPI document; a test
+/// build that produces another one fails at once.
+fn check_documented(code: &str) {
+    debug_assert!(
+        crate::openapi::ERROR_CODES
+            .iter()
+            .any(|(c, _, _)| *c == code),
+        "error code {code:?} is not in ERROR_CODES (the OpenAPI document)"
+    );
+}
+
 /// The status for each error kind.
 fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
@@ -61,6 +72,7 @@ impl ApiError {
         cause: impl Into<String>,
     ) -> Self {
         let status = status_of(kind);
+        check_documented(code);
         let mut message = message.into();
         if status.is_server_error() {
             tracing::error!(code, cause = %cause.into(), "request failed");
@@ -85,6 +97,7 @@ impl ApiError {
     /// An error with an explicit status (for protocol-level errors with no
     /// domain kind: 405, 413, 415).
     pub(crate) fn with_status(status: StatusCode, code: &'static str, message: &str) -> Self {
+        check_documented(code);
         Self {
             status,
             code,

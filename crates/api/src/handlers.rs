@@ -8,8 +8,9 @@ use vault_types::{ErrorKind, SecretAddress};
 
 use crate::dto::{
     AuditEntryBody, AuditPageBody, AuditParams, DeleteBody, DeleteProjectBody, EnvQuery,
-    SecretInfoBody, TokenBody, TokenQuery,
+    KeyStatusBody, SecretInfoBody, TokenBody, TokenQuery,
 };
+use crate::openapi::ErrorBody;
 use crate::request::{credentials, json_body, parse_json, request_id};
 use crate::{ApiError, ApiState};
 
@@ -168,6 +169,22 @@ fn path_address(
 }
 
 /// `POST /vault/store`.
+#[utoipa::path(
+    post, path = "/vault/store", tag = "secrets",
+    request_body = vault_token_manager::StoreBody,
+    responses(
+        (status = 201, description = "Stored; metadata only, never a token", body = SecretInfoBody),
+        (status = 409, description = "Changed concurrently", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
+        (status = 403, description = "No grant for this", body = ErrorBody),
+        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+    ),
+    security(("engine_id" = [], "engine_token" = []))
+)]
 pub(crate) async fn store(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -260,6 +277,21 @@ impl Query for TokenQuery {
 }
 
 /// `GET /vault/token/{project}/{platform}`.
+#[utoipa::path(
+    get, path = "/vault/token/{project}/{platform}", tag = "secrets",
+    params(("project" = String, Path), ("platform" = String, Path), TokenQuery),
+    responses(
+        (status = 200, description = "A valid access token", body = TokenBody),
+        (status = 404, description = "No secret at the address", body = ErrorBody),
+        (status = 409, description = "Expired and not refreshable, or re-authorization required", body = ErrorBody),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
+        (status = 403, description = "No grant for this", body = ErrorBody),
+        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+    ),
+    security(("engine_id" = [], "engine_token" = []))
+)]
 pub(crate) async fn fetch(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -281,6 +313,21 @@ pub(crate) async fn fetch(
 
 /// `POST /vault/refresh/{project}/{platform}`: refresh now (the engine saw
 /// the provider reject its token) and answer the new token.
+#[utoipa::path(
+    post, path = "/vault/refresh/{project}/{platform}", tag = "secrets",
+    params(("project" = String, Path), ("platform" = String, Path), EnvQuery),
+    responses(
+        (status = 200, description = "The refreshed token", body = TokenBody),
+        (status = 404, description = "No secret at the address", body = ErrorBody),
+        (status = 409, description = "Not refreshable, or re-authorization required", body = ErrorBody),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
+        (status = 403, description = "No grant for this", body = ErrorBody),
+        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+    ),
+    security(("engine_id" = [], "engine_token" = []))
+)]
 pub(crate) async fn refresh(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -295,6 +342,20 @@ pub(crate) async fn refresh(
 }
 
 /// `GET /vault/status/{project}/{platform}`: metadata, never a token.
+#[utoipa::path(
+    get, path = "/vault/status/{project}/{platform}", tag = "secrets",
+    params(("project" = String, Path), ("platform" = String, Path), EnvQuery),
+    responses(
+        (status = 200, description = "Status and metadata", body = SecretInfoBody),
+        (status = 404, description = "No secret at the address", body = ErrorBody),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
+        (status = 403, description = "No grant for this", body = ErrorBody),
+        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+    ),
+    security(("engine_id" = [], "engine_token" = []))
+)]
 pub(crate) async fn status(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -305,6 +366,20 @@ pub(crate) async fn status(
 }
 
 /// `DELETE /vault/delete/{project}/{platform}`.
+#[utoipa::path(
+    delete, path = "/vault/delete/{project}/{platform}", tag = "secrets",
+    params(("project" = String, Path), ("platform" = String, Path), EnvQuery),
+    responses(
+        (status = 200, description = "Revoked where possible, then deleted", body = DeleteBody),
+        (status = 404, description = "No secret at the address", body = ErrorBody),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
+        (status = 403, description = "No grant for this", body = ErrorBody),
+        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+    ),
+    security(("engine_id" = [], "engine_token" = []))
+)]
 pub(crate) async fn delete(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -317,6 +392,19 @@ pub(crate) async fn delete(
 /// `DELETE /vault/delete/{project}`: every platform and environment of a
 /// project that the caller may delete (for the Cleanup Engine). Secrets the
 /// caller has no grant for are neither deleted nor mentioned.
+#[utoipa::path(
+    delete, path = "/vault/delete/{project}", tag = "secrets",
+    params(("project" = String, Path)),
+    responses(
+        (status = 200, description = "Every secret of the project the caller may delete", body = DeleteProjectBody),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
+        (status = 403, description = "No grant for this", body = ErrorBody),
+        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+    ),
+    security(("engine_id" = [], "engine_token" = []))
+)]
 pub(crate) async fn delete_project(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -366,6 +454,19 @@ pub(crate) async fn delete_project(
 /// `GET /vault/audit`: the usage log, newest first, for engines with an
 /// `admin` grant; each sees the records of the addresses its admin grants
 /// cover (and records about no address, such as refused logins).
+#[utoipa::path(
+    get, path = "/vault/audit", tag = "admin",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "A page of usage records, newest first", body = AuditPageBody),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
+        (status = 403, description = "No grant for this", body = ErrorBody),
+        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+    ),
+    security(("engine_id" = [], "engine_token" = []))
+)]
 pub(crate) async fn audit(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -480,6 +581,13 @@ fn audit_query(p: AuditParams) -> Result<vault_token_manager::AuditQuery, ApiErr
 struct EmptyQuery {}
 
 /// `GET /healthz`: no auth; 503 when storage cannot answer.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    responses(
+        (status = 200, description = "Alive: {\"status\": \"ok\"}", body = Object),
+        (status = 503, description = "Storage cannot answer", body = ErrorBody)
+    )
+)]
 pub(crate) async fn health(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     match state.inner.tokens.secret_store().health().await {
         Ok(()) => Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))),
@@ -493,6 +601,13 @@ pub(crate) async fn health(state: web::Data<ApiState>) -> Result<HttpResponse, A
 
 /// `GET /readyz`: 200 when the vault can serve (database writable, master
 /// key usable), else 503 naming the failing checks; no auth.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready: {\"status\": \"ready\", \"checks\": {…}}", body = Object),
+        (status = 503, description = "Not ready; each failing check names its error code", body = Object)
+    )
+)]
 pub(crate) async fn ready(state: web::Data<ApiState>) -> HttpResponse {
     let checks = state.inner.tokens.readiness().await;
     let ok = checks.iter().all(|(_, r)| r.is_ok());
@@ -519,6 +634,13 @@ pub(crate) async fn ready(state: web::Data<ApiState>) -> HttpResponse {
 }
 
 /// `GET /metrics`: Prometheus text format; no auth (no secrets in it).
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)
+    )
+)]
 pub(crate) async fn metrics(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let mut out = String::new();
     state.inner.http_requests.render(&mut out);
@@ -527,6 +649,15 @@ pub(crate) async fn metrics(state: web::Data<ApiState>) -> Result<HttpResponse, 
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out))
+}
+
+/// `GET /openapi.json`: this API's OpenAPI 3.1 document; no auth.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+pub(crate) async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(crate::openapi::document())
 }
 
 /// Any method a route does not support.
@@ -547,6 +678,18 @@ pub(crate) async fn route_not_found() -> HttpResponse {
 
 /// `GET /vault/keys`: the master keys, what each seals and the rewrap
 /// backlog (ids and counts only), for engines with an `admin` grant.
+#[utoipa::path(
+    get, path = "/vault/keys", tag = "admin",
+    responses(
+        (status = 200, description = "Key status: ids and counts only", body = KeyStatusBody),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
+        (status = 403, description = "No grant for this", body = ErrorBody),
+        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+    ),
+    security(("engine_id" = [], "engine_token" = []))
+)]
 pub(crate) async fn keys_status(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -557,12 +700,26 @@ pub(crate) async fn keys_status(
         return Err(refuse(&state, &caller.ctx, action, None, e.into()).await);
     }
     let status = state.inner.tokens.key_status().await?;
-    Ok(HttpResponse::Ok().json(crate::dto::KeyStatusBody::from(status)))
+    Ok(HttpResponse::Ok().json(KeyStatusBody::from(status)))
 }
 
 /// `POST /vault/keys/rotate`: a new master key version (new values are
 /// sealed under it at once; stored ones are rewrapped in the background).
 /// `?target=audit` rotates the usage-log key instead.
+#[utoipa::path(
+    post, path = "/vault/keys/rotate", tag = "admin",
+    params(RotateParams),
+    responses(
+        (status = 200, description = "Rotated: {\"rotated\": \"master\", \"key_id\": …} or {\"rotated\": \"audit\", \"version\": …}", body = Object),
+        (status = 409, description = "The key provider cannot rotate (keys in an environment variable, AWS KMS)", body = ErrorBody),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
+        (status = 403, description = "No grant for this", body = ErrorBody),
+        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+    ),
+    security(("engine_id" = [], "engine_token" = []))
+)]
 pub(crate) async fn keys_rotate(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -598,8 +755,11 @@ pub(crate) async fn keys_rotate(
     Ok(HttpResponse::Ok().json(body))
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// Query of `POST /vault/keys/rotate`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct RotateParams {
+pub(crate) struct RotateParams {
+    /// `master` (the default) or `audit`.
     target: Option<String>,
 }

@@ -15,6 +15,9 @@
 //! | `/healthz` | GET | liveness and storage health, no auth |
 //! | `/readyz` | GET | readiness: database writable, master key usable; no auth |
 //! | `/metrics` | GET | Prometheus text format; no auth, no secrets |
+//! | `/openapi.json` | GET | this API's OpenAPI 3.1 document; no auth |
+//! | `/vault/keys` | GET | master keys and the rewrap backlog (`admin` grant) |
+//! | `/vault/keys/rotate` | POST | a new master (or `?target=audit` usage-log) key version (`admin` grant) |
 //!
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a
 //! stable code; the status comes from the error's kind, mapped in one place
@@ -35,6 +38,7 @@ mod dto;
 mod error;
 mod handlers;
 mod limits;
+mod openapi;
 mod request;
 
 use std::net::TcpListener;
@@ -48,6 +52,7 @@ use vault_types::metrics::{CounterVec, HistogramVec};
 
 pub use error::ApiError;
 pub use limits::AccessLimits;
+pub use openapi::ERROR_CODES;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -105,72 +110,103 @@ impl ApiState {
     }
 }
 
+/// Registers routes and remembers each (method, path), so the OpenAPI
+/// document can be checked against what is really served.
+struct Routes<'a> {
+    cfg: &'a mut web::ServiceConfig,
+    table: Vec<(&'static str, &'static str)>,
+}
+
+impl Routes<'_> {
+    fn add<F, Args>(
+        &mut self,
+        method: actix_web::http::Method,
+        path: &'static str,
+        handler: F,
+    ) -> &mut Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        let name = match method.as_str() {
+            "GET" => "GET",
+            "POST" => "POST",
+            "DELETE" => "DELETE",
+            _ => "OTHER",
+        };
+        self.table.push((name, path));
+        self.cfg.service(
+            web::resource(path)
+                .route(web::method(method).to(handler))
+                .default_service(web::to(handlers::method_not_allowed)),
+        );
+        self
+    }
+}
+
+/// Registers every route; returns the (method, path) table.
+fn register(cfg: &mut web::ServiceConfig) -> Vec<(&'static str, &'static str)> {
+    use actix_web::http::Method;
+    let mut r = Routes {
+        cfg,
+        table: Vec::new(),
+    };
+    r.add(Method::GET, "/healthz", handlers::health)
+        .add(Method::GET, "/readyz", handlers::ready)
+        .add(Method::GET, "/metrics", handlers::metrics)
+        .add(Method::GET, "/openapi.json", handlers::openapi)
+        .add(Method::POST, "/vault/store", handlers::store)
+        .add(
+            Method::GET,
+            "/vault/token/{project}/{platform}",
+            handlers::fetch,
+        )
+        .add(
+            Method::POST,
+            "/vault/refresh/{project}/{platform}",
+            handlers::refresh,
+        )
+        .add(
+            Method::GET,
+            "/vault/status/{project}/{platform}",
+            handlers::status,
+        )
+        .add(
+            Method::DELETE,
+            "/vault/delete/{project}/{platform}",
+            handlers::delete,
+        )
+        .add(Method::GET, "/vault/audit", handlers::audit)
+        .add(Method::GET, "/vault/keys", handlers::keys_status)
+        .add(Method::POST, "/vault/keys/rotate", handlers::keys_rotate)
+        .add(
+            Method::DELETE,
+            "/vault/delete/{project}",
+            handlers::delete_project,
+        );
+    r.table
+}
+
+/// Every route the server registers, as (method, path).
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    let mut table = Vec::new();
+    let _app = App::new().configure(|cfg| table = register(cfg));
+    table
+}
+
+/// The OpenAPI 3.1 document of this API (also served at `/openapi.json`).
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document()
+}
+
 /// Registers the vault's routes on an actix `App` (for embedding in a
 /// larger server, or for tests).
 pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(web::Data::new(state))
-            .service(
-                web::resource("/healthz")
-                    .route(web::get().to(handlers::health))
-                    .default_service(web::to(handlers::method_not_allowed)),
-            )
-            .service(
-                web::resource("/readyz")
-                    .route(web::get().to(handlers::ready))
-                    .default_service(web::to(handlers::method_not_allowed)),
-            )
-            .service(
-                web::resource("/metrics")
-                    .route(web::get().to(handlers::metrics))
-                    .default_service(web::to(handlers::method_not_allowed)),
-            )
-            .service(
-                web::resource("/vault/store")
-                    .route(web::post().to(handlers::store))
-                    .default_service(web::to(handlers::method_not_allowed)),
-            )
-            .service(
-                web::resource("/vault/token/{project}/{platform}")
-                    .route(web::get().to(handlers::fetch))
-                    .default_service(web::to(handlers::method_not_allowed)),
-            )
-            .service(
-                web::resource("/vault/refresh/{project}/{platform}")
-                    .route(web::post().to(handlers::refresh))
-                    .default_service(web::to(handlers::method_not_allowed)),
-            )
-            .service(
-                web::resource("/vault/status/{project}/{platform}")
-                    .route(web::get().to(handlers::status))
-                    .default_service(web::to(handlers::method_not_allowed)),
-            )
-            .service(
-                web::resource("/vault/delete/{project}/{platform}")
-                    .route(web::delete().to(handlers::delete))
-                    .default_service(web::to(handlers::method_not_allowed)),
-            )
-            .service(
-                web::resource("/vault/audit")
-                    .route(web::get().to(handlers::audit))
-                    .default_service(web::to(handlers::method_not_allowed)),
-            )
-            .service(
-                web::resource("/vault/keys")
-                    .route(web::get().to(handlers::keys_status))
-                    .default_service(web::to(handlers::method_not_allowed)),
-            )
-            .service(
-                web::resource("/vault/keys/rotate")
-                    .route(web::post().to(handlers::keys_rotate))
-                    .default_service(web::to(handlers::method_not_allowed)),
-            )
-            .service(
-                web::resource("/vault/delete/{project}")
-                    .route(web::delete().to(handlers::delete_project))
-                    .default_service(web::to(handlers::method_not_allowed)),
-            )
-            .default_service(web::to(handlers::route_not_found));
+        cfg.app_data(web::Data::new(state));
+        register(cfg);
+        cfg.default_service(web::to(handlers::route_not_found));
     }
 }
 

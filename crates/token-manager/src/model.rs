@@ -47,12 +47,15 @@ impl RequestContext {
 /// A token as handed over by the party that ran the OAuth flow (or a
 /// manually entered API key).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenData {
     /// The access token (or API key).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub access_token: Secret,
     /// The refresh token, when the provider issued one.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub refresh_token: Option<Secret>,
     /// Lifetime of the access token in seconds; `None`: it does not expire.
     #[serde(default)]
@@ -103,6 +106,7 @@ impl StoreRequest {
 /// The body of a store request as engines send it (`POST /vault/store`,
 /// and one line of `vault-server import`).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StoreBody {
     /// The storing engine; must match the authenticated one when given.
@@ -117,8 +121,9 @@ pub struct StoreBody {
     pub environment: Option<String>,
     /// The token.
     pub token_data: TokenData,
-    /// Non-secret facts.
+    /// Non-secret facts (a JSON object, at most 8 KiB).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 

@@ -141,3 +141,39 @@ async fn hostile_bodies_never_cause_a_5xx() {
         200
     );
 }
+
+/// Every documented route answers as documented for a request without
+/// credentials: public routes 200 (or 503), `/vault/*` routes 401 — never
+/// `route_not_found` or `method_not_allowed`, so the document and the
+/// server agree over real HTTP too.
+#[actix_web::test]
+async fn the_served_openapi_document_matches_the_server() {
+    let app = spawn_app().await;
+    let res = reqwest::get(app.url("/openapi.json")).await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let doc: serde_json::Value = res.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let client = reqwest::Client::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{project}", "pf_1")
+            .replace("{platform}", "slack");
+        for method in item.as_object().unwrap().keys() {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let res = client.request(m, app.url(&concrete)).send().await.unwrap();
+            let status = res.status().as_u16();
+            if path.starts_with("/vault/") {
+                // Unauthenticated; after a few, the lockout (both documented).
+                let body: serde_json::Value = res.json().await.unwrap();
+                let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+                assert!(
+                    (status, code.as_str()) == (401, "unauthenticated")
+                        || (status, code.as_str()) == (429, "too_many_failures"),
+                    "{method} {path}: {status} {code}"
+                );
+            } else {
+                assert!(status == 200 || status == 503, "{method} {path}: {status}");
+            }
+        }
+    }
+}

@@ -446,16 +446,14 @@ impl TokenManager {
                 scopes: scopes.clone(),
             };
             let sealed = self.seal(&sealed_token, &address, version).await?;
+            // The key the value really is sealed under (a rotation may have
+            // happened meanwhile), so the rewrap can never miss it.
+            let key_id = vault_encryption_layer::sealed_key_id(&sealed)?.to_owned();
             let write = SecretWrite {
                 address: address.clone(),
                 version,
                 sealed,
-                key_id: self
-                    .inner
-                    .envelope
-                    .key_provider()
-                    .active_key_id()
-                    .to_owned(),
+                key_id,
                 meta: SecretMeta {
                     status: SecretStatus::Active,
                     valid_until,

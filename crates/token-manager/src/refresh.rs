@@ -202,12 +202,9 @@ impl TokenManager {
                 ..RefreshState::default()
             },
         };
-        let key_id = self
-            .inner
-            .envelope
-            .key_provider()
-            .active_key_id()
-            .to_owned();
+        // The key the value really is sealed under (a rotation may have
+        // happened meanwhile), so the rewrap can never miss it.
+        let key_id = vault_encryption_layer::sealed_key_id(&sealed)?.to_owned();
         let write = SecretWrite {
             address: address.clone(),
             version,

@@ -83,8 +83,10 @@ impl Limiter {
     }
 
     /// Starts an authentication under `keys`: `Err(seconds)` while any of
-    /// them is locked out, or when failures plus authentications already
-    /// under way reach the limit. Each `Ok` must be followed by
+    /// them is locked out, or, once a key has failed, when its failures plus
+    /// authentications already under way reach the limit (so parallel
+    /// guesses cannot all slip past the check, while an engine that never
+    /// failed is never slowed down by its own concurrency). Each `Ok` must be followed by
     /// [`Limiter::fail`] or [`Limiter::succeed`].
     pub(crate) fn begin(&self, keys: &[String]) -> Result<(), u64> {
         let now = Instant::now();
@@ -96,6 +98,7 @@ impl Limiter {
                 if let Some(until) = f.locked_until.filter(|u| *u > now) {
                     wait = wait.max(Some((until - now).as_secs().max(1)));
                 } else if now.duration_since(f.since) < window
+                    && f.count > 0
                     && f.count + f.in_flight >= self.limits.max_failures
                 {
                     wait = wait.max(Some(1));
@@ -253,13 +256,25 @@ mod tests {
     }
 
     #[test]
-    fn parallel_guesses_are_counted_before_they_are_decided() {
+    fn parallel_guesses_are_counted_once_a_key_has_failed() {
         let l = limiter(3, 0, 1);
         let k = keys(Some("execution"), "10.0.0.1".parse().ok());
+        // An engine that never failed: any concurrency is fine.
+        for _ in 0..10 {
+            assert!(l.begin(&k).is_ok());
+        }
+        for _ in 0..10 {
+            l.succeed(&k);
+        }
+        // After one failure, failures plus guesses under way are capped.
+        l.begin(&k).unwrap();
+        l.fail(&k);
         assert!(l.begin(&k).is_ok());
         assert!(l.begin(&k).is_ok());
-        assert!(l.begin(&k).is_ok());
-        assert!(l.begin(&k).is_err(), "three under way: a fourth waits");
+        assert!(
+            l.begin(&k).is_err(),
+            "one failed, two under way: a third waits"
+        );
         l.abandon(&k);
         assert!(l.begin(&k).is_ok());
     }

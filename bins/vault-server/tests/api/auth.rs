@@ -503,3 +503,20 @@ async fn the_usage_log_is_queryable_by_admins_only() {
         assert_error(query(ADMIN, q).await.unwrap(), 400, "invalid_query").await;
     }
 }
+
+/// An engine that never failed to authenticate is never throttled by its
+/// own concurrency (the lockout counts parallel attempts only once a
+/// failure was seen).
+#[actix_web::test]
+async fn many_concurrent_requests_of_a_good_engine_are_all_served() {
+    let app = spawn_app().await;
+    assert_eq!(app.store(&slack_body()).await.status().as_u16(), 201);
+    let requests = (0..64).map(|_| {
+        app.as_engine(Method::GET, "/vault/token/pf_203/slack", EXECUTION)
+            .send()
+    });
+    let results = futures_util::future::join_all(requests).await;
+    for r in results {
+        assert_eq!(r.unwrap().status().as_u16(), 200);
+    }
+}

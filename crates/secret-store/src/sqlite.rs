@@ -143,6 +143,23 @@ impl Default for SqliteOptions {
     }
 }
 
+/// Copies the write-ahead log back into the database every 100 ms with a
+/// passive checkpoint, which waits for no reader and no writer; ends when
+/// the store is dropped. Once everything is copied, the next commit starts
+/// the log over from its beginning (`journal_size_limit` then trims the
+/// file), so the log does not grow without bound.
+fn checkpoint_loop(inner: std::sync::Weak<Inner>, conn: Connection) {
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if inner.upgrade().is_none() {
+            return;
+        }
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint failed");
+        }
+    }
+}
+
 /// A usage record waiting for the group commit, and who to tell.
 type Pending = (AuditRecord, tokio::sync::oneshot::Sender<Result<()>>);
 
@@ -209,6 +226,17 @@ fn group_commit_loop(
 }
 
 impl Inner {
+    /// A reader connection that is free right now, if any.
+    fn try_reader(&self) -> Option<MutexGuard<'_, Connection>> {
+        let n = self.readers.len();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        (0..n).find_map(|k| match self.readers[(start + k) % n].try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        })
+    }
+
     /// The usage-log key in use now (it can change: key rotation).
     fn audit_mac(&self) -> Option<Arc<dyn AuditMac>> {
         self.audit_mac
@@ -860,19 +888,8 @@ fn commit_with_records(
     Ok(())
 }
 
-fn put_tx(
-    conn: &mut Connection,
-    w: &SecretWrite,
-    expected: Option<u64>,
-    audit: &AuditRecord,
-    notification: Option<&NewNotification>,
-    mac: Option<&dyn AuditMac>,
-) -> Result<()> {
-    if w.version != expected.unwrap_or(0) + 1 {
-        return Err(Error::Invalid(
-            "version must be one more than the expected version",
-        ));
-    }
+/// Inserts or replaces the row of `w` (the caller checked the version).
+fn write_secret(tx: &Transaction<'_>, w: &SecretWrite) -> Result<()> {
     let scopes = serde_json::to_string(&w.meta.scopes)
         .map_err(|_| Error::Invalid("scopes do not serialise"))?;
     let metadata = w
@@ -882,11 +899,6 @@ fn put_tx(
         .map(serde_json::to_string)
         .transpose()
         .map_err(|_| Error::Invalid("metadata does not serialise"))?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let found = current_version(&tx, &w.address)?;
-    if found != expected {
-        return Err(Error::Conflict { expected, found });
-    }
     let a = &w.address;
     let r = &w.meta.refresh;
     tx.prepare_cached(
@@ -926,7 +938,53 @@ fn put_tx(
         r.failure_count,
         r.next_attempt_at.map(ms),
     ])?;
+    Ok(())
+}
+
+fn put_tx(
+    conn: &mut Connection,
+    w: &SecretWrite,
+    expected: Option<u64>,
+    audit: &AuditRecord,
+    notification: Option<&NewNotification>,
+    mac: Option<&dyn AuditMac>,
+) -> Result<()> {
+    if w.version != expected.unwrap_or(0) + 1 {
+        return Err(Error::Invalid(
+            "version must be one more than the expected version",
+        ));
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found = current_version(&tx, &w.address)?;
+    if found != expected {
+        return Err(Error::Conflict { expected, found });
+    }
+    write_secret(&tx, w)?;
     commit_with_records(tx, audit, notification, mac)
+}
+
+/// Stores new secrets (version 1, none existing yet) in one transaction
+/// with one usage record; nothing is stored if any exists.
+fn put_new_batch_tx(
+    conn: &mut Connection,
+    writes: &[SecretWrite],
+    audit: &AuditRecord,
+    mac: Option<&dyn AuditMac>,
+) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for w in writes {
+        if w.version != 1 {
+            return Err(Error::Invalid("a batch holds new secrets only (version 1)"));
+        }
+        if let Some(found) = current_version(&tx, &w.address)? {
+            return Err(Error::Conflict {
+                expected: None,
+                found: Some(found),
+            });
+        }
+        write_secret(&tx, w)?;
+    }
+    commit_with_records(tx, audit, None, mac)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1128,6 +1186,13 @@ impl SqliteStore {
         let mut writer = Connection::open(&path)?;
         configure(&writer, &options)?;
         migrate(&mut writer)?;
+        // Checkpoints run on their own thread (below), not inside a commit:
+        // a commit that has to checkpoint stalls every request waiting for
+        // it (reads wait for their usage record) for the whole copy.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        writer.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        let checkpointer = Connection::open(&path)?;
+        configure(&checkpointer, &options)?;
         let readers = (0..options.readers.max(1))
             .map(|_| {
                 let conn = Connection::open(&path)?;
@@ -1157,6 +1222,14 @@ impl SqliteStore {
                     source,
                 })?;
         }
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("vault-checkpoint".into())
+            .spawn(move || checkpoint_loop(weak, checkpointer))
+            .map_err(|source| Error::Io {
+                path: "checkpoint thread".into(),
+                source,
+            })?;
         Ok(Self { inner })
     }
 
@@ -1193,6 +1266,13 @@ impl SqliteStore {
 #[async_trait]
 impl SecretStore for SqliteStore {
     async fn get(&self, address: &SecretAddress) -> Result<Option<StoredSecret>> {
+        // The hot path: a point read by primary key takes microseconds and
+        // never waits for the writer (WAL), so it runs on the caller's
+        // thread when a reader connection is free, sparing two thread
+        // hand-offs; otherwise it queues on the blocking pool like the rest.
+        if let Some(conn) = self.inner.try_reader() {
+            return read_secret(&conn, address);
+        }
         let address = address.clone();
         self.with_reader(move |c| read_secret(c, &address)).await
     }
@@ -1208,6 +1288,11 @@ impl SecretStore for SqliteStore {
             put_tx(c, &write, expected, &audit, notification.as_ref(), mac)
         })
         .await
+    }
+
+    async fn put_new_batch(&self, writes: Vec<SecretWrite>, audit: AuditRecord) -> Result<()> {
+        self.with_writer(move |c, mac| put_new_batch_tx(c, &writes, &audit, mac))
+            .await
     }
 
     async fn update_state(

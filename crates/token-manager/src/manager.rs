@@ -412,6 +412,88 @@ impl TokenManager {
         })
     }
 
+    /// Seals `request` as version `version` of its address.
+    async fn sealed_write(
+        &self,
+        request: &StoreRequest,
+        scopes: &[String],
+        token_type: &str,
+        version: u64,
+        now: OffsetDateTime,
+    ) -> Result<SecretWrite> {
+        let address = &request.address;
+        let scopes = scopes.to_vec();
+        let token_type = token_type.to_owned();
+        let valid_until = request.token.expires_in.map(|secs| expiry(now, secs));
+        let has_refresh_token = request.token.refresh_token.is_some();
+        let sealed_token = SealedToken {
+            access_token: request.token.access_token.clone(),
+            refresh_token: request.token.refresh_token.clone(),
+            token_type: token_type.clone(),
+            valid_until: valid_until.map(to_ms),
+            scopes: scopes.clone(),
+        };
+        let sealed = self.seal(&sealed_token, address, version).await?;
+        // The key the value really is sealed under (a rotation may have
+        // happened meanwhile), so the rewrap can never miss it.
+        let key_id = vault_encryption_layer::sealed_key_id(&sealed)?.to_owned();
+        let write = SecretWrite {
+            address: address.clone(),
+            version,
+            sealed,
+            key_id,
+            meta: SecretMeta {
+                status: SecretStatus::Active,
+                valid_until,
+                scopes: scopes.clone(),
+                has_refresh_token,
+                token_type: token_type.clone(),
+                metadata: request.metadata.clone(),
+                refresh: RefreshState {
+                    refresh_due: self.refresh_due(
+                        address.platform(),
+                        valid_until,
+                        request.token.expires_in,
+                        has_refresh_token,
+                    ),
+                    ..RefreshState::default()
+                },
+            },
+            at: now,
+        };
+        Ok(write)
+    }
+
+    /// Stores many tokens at addresses that hold nothing yet, in one
+    /// transaction with one usage record (for bulk imports and loading
+    /// benchmarks): all or nothing. Returns how many were stored.
+    pub async fn store_new_batch(
+        &self,
+        ctx: &RequestContext,
+        requests: Vec<StoreRequest>,
+    ) -> Result<u64> {
+        let now = self.now();
+        let mut writes = Vec::with_capacity(requests.len());
+        for request in &requests {
+            let (scopes, token_type) = request.validate()?;
+            writes.push(
+                self.sealed_write(request, &scopes, &token_type, 1, now)
+                    .await?,
+            );
+        }
+        let n = writes.len() as u64;
+        let record = audit_record(
+            now,
+            ctx,
+            AuditAction::Store,
+            None,
+            AuditOutcome::Success,
+            Some(&format!("batch of {n} new secrets")),
+        );
+        self.inner.store.put_new_batch(writes, record).await?;
+        Ok(n)
+    }
+
     /// Seals and stores a token, replacing any previous version at the
     /// address. Returns the stored secret's metadata. The change and its
     /// usage record commit together; an invalid request is recorded as
@@ -436,43 +518,9 @@ impl TokenManager {
                 .is_some_and(|s| s.meta.status == SecretStatus::ReauthRequired);
             let created_at = existing.map_or(now, |s| s.created_at);
             let version = current.unwrap_or(0) + 1;
-            let valid_until = request.token.expires_in.map(|secs| expiry(now, secs));
-            let has_refresh_token = request.token.refresh_token.is_some();
-            let sealed_token = SealedToken {
-                access_token: request.token.access_token.clone(),
-                refresh_token: request.token.refresh_token.clone(),
-                token_type: token_type.clone(),
-                valid_until: valid_until.map(to_ms),
-                scopes: scopes.clone(),
-            };
-            let sealed = self.seal(&sealed_token, &address, version).await?;
-            // The key the value really is sealed under (a rotation may have
-            // happened meanwhile), so the rewrap can never miss it.
-            let key_id = vault_encryption_layer::sealed_key_id(&sealed)?.to_owned();
-            let write = SecretWrite {
-                address: address.clone(),
-                version,
-                sealed,
-                key_id,
-                meta: SecretMeta {
-                    status: SecretStatus::Active,
-                    valid_until,
-                    scopes: scopes.clone(),
-                    has_refresh_token,
-                    token_type: token_type.clone(),
-                    metadata: request.metadata.clone(),
-                    refresh: RefreshState {
-                        refresh_due: self.refresh_due(
-                            address.platform(),
-                            valid_until,
-                            request.token.expires_in,
-                            has_refresh_token,
-                        ),
-                        ..RefreshState::default()
-                    },
-                },
-                at: now,
-            };
+            let write = self
+                .sealed_write(&request, &scopes, &token_type, version, now)
+                .await?;
             let record = audit_record(
                 now,
                 ctx,

@@ -412,3 +412,39 @@ async fn no_plaintext_token_on_disk() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_batch_of_new_tokens_is_stored_all_or_nothing() {
+    let f = fixture().await;
+    let batch: Vec<StoreRequest> = (0..50)
+        .map(|i| {
+            StoreRequest::new(
+                SecretAddress::new("prod", "bulk", &format!("p{i}")).unwrap(),
+                slack_token(&format!("xoxb-bulk-{i}")),
+            )
+        })
+        .collect();
+    assert_eq!(
+        f.tokens.store_new_batch(&ctx("b1"), batch).await.unwrap(),
+        50
+    );
+    let a = SecretAddress::new("prod", "bulk", "p7").unwrap();
+    let got = f.tokens.fetch(&ctx("r"), &a, &[]).await.unwrap();
+    assert_eq!(got.access_token.expose(), "xoxb-bulk-7");
+
+    // One address exists already: nothing of the second batch is stored.
+    let again: Vec<StoreRequest> = [("p7", "xoxb-new"), ("p99", "xoxb-99")]
+        .into_iter()
+        .map(|(p, t)| {
+            StoreRequest::new(
+                SecretAddress::new("prod", "bulk", p).unwrap(),
+                slack_token(t),
+            )
+        })
+        .collect();
+    assert!(f.tokens.store_new_batch(&ctx("b2"), again).await.is_err());
+    let p99 = SecretAddress::new("prod", "bulk", "p99").unwrap();
+    assert!(f.tokens.fetch(&ctx("r"), &p99, &[]).await.is_err());
+    let got = f.tokens.fetch(&ctx("r"), &a, &[]).await.unwrap();
+    assert_eq!(got.access_token.expose(), "xoxb-bulk-7");
+}

@@ -143,23 +143,6 @@ impl Default for SqliteOptions {
     }
 }
 
-/// Copies the write-ahead log back into the database every 100 ms with a
-/// passive checkpoint, which waits for no reader and no writer; ends when
-/// the store is dropped. Once everything is copied, the next commit starts
-/// the log over from its beginning (`journal_size_limit` then trims the
-/// file), so the log does not grow without bound.
-fn checkpoint_loop(inner: std::sync::Weak<Inner>, conn: Connection) {
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        if inner.upgrade().is_none() {
-            return;
-        }
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "checkpoint failed");
-        }
-    }
-}
-
 /// A usage record waiting for the group commit, and who to tell.
 type Pending = (AuditRecord, tokio::sync::oneshot::Sender<Result<()>>);
 
@@ -1186,13 +1169,6 @@ impl SqliteStore {
         let mut writer = Connection::open(&path)?;
         configure(&writer, &options)?;
         migrate(&mut writer)?;
-        // Checkpoints run on their own thread (below), not inside a commit:
-        // a commit that has to checkpoint stalls every request waiting for
-        // it (reads wait for their usage record) for the whole copy.
-        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
-        writer.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        let checkpointer = Connection::open(&path)?;
-        configure(&checkpointer, &options)?;
         let readers = (0..options.readers.max(1))
             .map(|_| {
                 let conn = Connection::open(&path)?;
@@ -1222,14 +1198,6 @@ impl SqliteStore {
                     source,
                 })?;
         }
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("vault-checkpoint".into())
-            .spawn(move || checkpoint_loop(weak, checkpointer))
-            .map_err(|source| Error::Io {
-                path: "checkpoint thread".into(),
-                source,
-            })?;
         Ok(Self { inner })
     }
 
@@ -1576,12 +1544,23 @@ impl SecretStore for SqliteStore {
     }
 
     async fn key_ids_in_use(&self) -> Result<Vec<String>> {
-        Ok(self
-            .key_usage()
-            .await?
-            .into_iter()
-            .map(|u| u.key_id)
-            .collect())
+        // Checked at every start: one index seek per distinct key id, so
+        // the cost does not grow with the number of secrets.
+        self.with_reader(|c| {
+            let mut ids = std::collections::BTreeSet::new();
+            let mut next = c.prepare_cached("SELECT MIN(key_id) FROM secrets WHERE key_id > ?1")?;
+            let mut last = String::new();
+            while let Some(id) = next.query_row(params![last], |r| r.get::<_, Option<String>>(0))? {
+                ids.insert(id.clone());
+                last = id;
+            }
+            let mut audit = c.prepare_cached("SELECT DISTINCT key_id FROM audit_keys")?;
+            for id in audit.query_map([], |r| r.get::<_, String>(0))? {
+                ids.insert(id?);
+            }
+            Ok(ids.into_iter().collect())
+        })
+        .await
     }
 
     async fn key_usage(&self) -> Result<Vec<KeyUsage>> {
@@ -1628,6 +1607,15 @@ impl SecretStore for SqliteStore {
     ) -> Result<Vec<RewrapItem>> {
         let key_id = key_id.to_owned();
         self.with_reader(move |c| {
+            // The common case, nothing to rewrap, answered from the key_id
+            // index without scanning the table.
+            let any: Option<i64> = c
+                .prepare_cached("SELECT 1 FROM secrets WHERE key_id < ?1 OR key_id > ?1 LIMIT 1")?
+                .query_row(params![key_id], |r| r.get(0))
+                .optional()?;
+            if any.is_none() {
+                return Ok(Vec::new());
+            }
             let (e, p, pl) = after
                 .as_ref()
                 .map(|a| (a.environment(), a.project(), a.platform()))

@@ -35,7 +35,7 @@ enum Command {
         #[arg(long, default_value_t = 330)]
         body_size: usize,
     },
-    /// Store COUNT tokens at prod/bench/p0 … p<COUNT-1> in DATA_DIR.
+    /// Store COUNT tokens at prod/bench/p0 … `p<COUNT-1>` in DATA_DIR.
     Load {
         /// The vault's data directory (key file and database).
         #[arg(long)]

@@ -9,6 +9,7 @@
 )]
 
 mod auth;
+mod authz;
 mod delete;
 mod errors;
 mod fetch;

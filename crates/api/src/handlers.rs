@@ -177,11 +177,7 @@ fn path_address(
         (status = 409, description = "Changed concurrently", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
-        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
-        (status = 403, description = "No grant for this", body = ErrorBody),
-        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+        CommonErrors
     ),
     security(("engine_id" = [], "engine_token" = []))
 )]
@@ -225,16 +221,37 @@ pub(crate) async fn store(
 /// Authenticates, parses the query, builds the address from the path and
 /// checks the grant (for the scopes the query requires): the common start
 /// of the per-secret routes.
+/// The query string as `Q`, or `invalid_query`, recorded as refused.
+async fn parse_query<Q: serde::de::DeserializeOwned>(
+    state: &ApiState,
+    req: &HttpRequest,
+    caller: &Caller,
+    action: Action,
+) -> Result<Q, ApiError> {
+    match web::Query::<Q>::from_query(req.query_string()) {
+        Ok(q) => Ok(q.into_inner()),
+        Err(_) => Err(refuse(state, &caller.ctx, action, None, invalid_query()).await),
+    }
+}
+
+/// The authenticated caller of an administrative route, if it holds an
+/// `admin` grant; otherwise the refusal, recorded.
+async fn admin_caller(state: &ApiState, req: &HttpRequest) -> Result<Caller, ApiError> {
+    let action = Action::Admin;
+    let caller = authenticate(state, req, action).await?;
+    if let Err(e) = state.inner.access.authorize_admin(&caller.principal).await {
+        return Err(refuse(state, &caller.ctx, action, None, e.into()).await);
+    }
+    Ok(caller)
+}
+
 async fn secret_request<Q: serde::de::DeserializeOwned + Query>(
     state: &ApiState,
     req: &HttpRequest,
     action: Action,
 ) -> Result<(Caller, Q, SecretAddress), ApiError> {
     let caller = authenticate(state, req, action).await?;
-    let query = match web::Query::<Q>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(_) => return Err(refuse(state, &caller.ctx, action, None, invalid_query()).await),
-    };
+    let query: Q = parse_query(state, req, &caller, action).await?;
     let address = match path_address(state, req, query.env()) {
         Ok(a) => a,
         Err(e) => return Err(refuse(state, &caller.ctx, action, None, e).await),
@@ -284,11 +301,7 @@ impl Query for TokenQuery {
         (status = 200, description = "A valid access token", body = TokenBody),
         (status = 404, description = "No secret at the address", body = ErrorBody),
         (status = 409, description = "Expired and not refreshable, or re-authorization required", body = ErrorBody),
-        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
-        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
-        (status = 403, description = "No grant for this", body = ErrorBody),
-        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+        CommonErrors
     ),
     security(("engine_id" = [], "engine_token" = []))
 )]
@@ -320,11 +333,7 @@ pub(crate) async fn fetch(
         (status = 200, description = "The refreshed token", body = TokenBody),
         (status = 404, description = "No secret at the address", body = ErrorBody),
         (status = 409, description = "Not refreshable, or re-authorization required", body = ErrorBody),
-        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
-        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
-        (status = 403, description = "No grant for this", body = ErrorBody),
-        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+        CommonErrors
     ),
     security(("engine_id" = [], "engine_token" = []))
 )]
@@ -348,11 +357,7 @@ pub(crate) async fn refresh(
     responses(
         (status = 200, description = "Status and metadata", body = SecretInfoBody),
         (status = 404, description = "No secret at the address", body = ErrorBody),
-        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
-        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
-        (status = 403, description = "No grant for this", body = ErrorBody),
-        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+        CommonErrors
     ),
     security(("engine_id" = [], "engine_token" = []))
 )]
@@ -372,11 +377,7 @@ pub(crate) async fn status(
     responses(
         (status = 200, description = "Revoked where possible, then deleted", body = DeleteBody),
         (status = 404, description = "No secret at the address", body = ErrorBody),
-        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
-        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
-        (status = 403, description = "No grant for this", body = ErrorBody),
-        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+        CommonErrors
     ),
     security(("engine_id" = [], "engine_token" = []))
 )]
@@ -397,11 +398,7 @@ pub(crate) async fn delete(
     params(("project" = String, Path)),
     responses(
         (status = 200, description = "Every secret of the project the caller may delete", body = DeleteProjectBody),
-        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
-        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
-        (status = 403, description = "No grant for this", body = ErrorBody),
-        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+        CommonErrors
     ),
     security(("engine_id" = [], "engine_token" = []))
 )]
@@ -411,9 +408,7 @@ pub(crate) async fn delete_project(
 ) -> Result<HttpResponse, ApiError> {
     let action = Action::Delete;
     let caller = authenticate(&state, &req, action).await?;
-    if web::Query::<EmptyQuery>::from_query(req.query_string()).is_err() {
-        return Err(refuse(&state, &caller.ctx, action, None, invalid_query()).await);
-    }
+    let _: EmptyQuery = parse_query(&state, &req, &caller, action).await?;
     let project = req.match_info().get("project").unwrap_or("");
     if let Err(e) = vault_types::validate_identifier("project", project) {
         return Err(refuse(&state, &caller.ctx, action, None, e.into()).await);
@@ -459,11 +454,7 @@ pub(crate) async fn delete_project(
     params(AuditParams),
     responses(
         (status = 200, description = "A page of usage records, newest first", body = AuditPageBody),
-        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
-        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
-        (status = 403, description = "No grant for this", body = ErrorBody),
-        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+        CommonErrors
     ),
     security(("engine_id" = [], "engine_token" = []))
 )]
@@ -472,14 +463,8 @@ pub(crate) async fn audit(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let action = Action::Admin;
-    let caller = authenticate(&state, &req, action).await?;
-    if let Err(e) = state.inner.access.authorize_admin(&caller.principal).await {
-        return Err(refuse(&state, &caller.ctx, action, None, e.into()).await);
-    }
-    let params = match web::Query::<AuditParams>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(_) => return Err(refuse(&state, &caller.ctx, action, None, invalid_query()).await),
-    };
+    let caller = admin_caller(&state, &req).await?;
+    let params: AuditParams = parse_query(&state, &req, &caller, action).await?;
     let query = match audit_query(params) {
         Ok(q) => q,
         Err(e) => return Err(refuse(&state, &caller.ctx, action, None, e).await),
@@ -682,11 +667,7 @@ pub(crate) async fn route_not_found() -> HttpResponse {
     get, path = "/vault/keys", tag = "admin",
     responses(
         (status = 200, description = "Key status: ids and counts only", body = KeyStatusBody),
-        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
-        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
-        (status = 403, description = "No grant for this", body = ErrorBody),
-        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+        CommonErrors
     ),
     security(("engine_id" = [], "engine_token" = []))
 )]
@@ -694,11 +675,7 @@ pub(crate) async fn keys_status(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let action = Action::Admin;
-    let caller = authenticate(&state, &req, action).await?;
-    if let Err(e) = state.inner.access.authorize_admin(&caller.principal).await {
-        return Err(refuse(&state, &caller.ctx, action, None, e.into()).await);
-    }
+    admin_caller(&state, &req).await?;
     let status = state.inner.tokens.key_status().await?;
     Ok(HttpResponse::Ok().json(KeyStatusBody::from(status)))
 }
@@ -712,11 +689,7 @@ pub(crate) async fn keys_status(
     responses(
         (status = 200, description = "Rotated: {\"rotated\": \"master\", \"key_id\": …} or {\"rotated\": \"audit\", \"version\": …}", body = Object),
         (status = 409, description = "The key provider cannot rotate (keys in an environment variable, AWS KMS)", body = ErrorBody),
-        (status = 400, description = "Invalid path, query or body", body = ErrorBody),
-        (status = 401, description = "Missing or wrong credentials", body = ErrorBody),
-        (status = 403, description = "No grant for this", body = ErrorBody),
-        (status = 429, description = "Locked out or rate limited (Retry-After)", body = ErrorBody),
-        (status = 503, description = "Storage, key, usage log or access resolver unavailable", body = ErrorBody)
+        CommonErrors
     ),
     security(("engine_id" = [], "engine_token" = []))
 )]
@@ -725,14 +698,10 @@ pub(crate) async fn keys_rotate(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let action = Action::Admin;
-    let caller = authenticate(&state, &req, action).await?;
-    if let Err(e) = state.inner.access.authorize_admin(&caller.principal).await {
-        return Err(refuse(&state, &caller.ctx, action, None, e.into()).await);
-    }
-    let target = match web::Query::<RotateParams>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner().target,
-        Err(_) => return Err(refuse(&state, &caller.ctx, action, None, invalid_query()).await),
-    };
+    let caller = admin_caller(&state, &req).await?;
+    let target = parse_query::<RotateParams>(&state, &req, &caller, action)
+        .await?
+        .target;
     let tokens = &state.inner.tokens;
     let body = match target.as_deref() {
         None | Some("master") => {
@@ -753,6 +722,25 @@ pub(crate) async fn keys_rotate(
         }
     };
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// The refusals every `/vault` route can answer (for the OpenAPI document).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum CommonErrors {
+    #[response(status = 400, description = "Invalid path, query or body")]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "Missing or wrong credentials")]
+    Unauthenticated(ErrorBody),
+    #[response(status = 403, description = "No grant for this")]
+    Forbidden(ErrorBody),
+    #[response(status = 429, description = "Locked out or rate limited (Retry-After)")]
+    TooMany(ErrorBody),
+    #[response(
+        status = 503,
+        description = "Storage, key, usage log or access resolver unavailable"
+    )]
+    Unavailable(ErrorBody),
 }
 
 /// Query of `POST /vault/keys/rotate`.

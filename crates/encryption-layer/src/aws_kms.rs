@@ -235,6 +235,10 @@ impl KeyProvider for AwsKmsProvider {
         self.keys.iter().map(|(id, _)| id.clone()).collect()
     }
 
+    fn has_key(&self, key_id: &str) -> bool {
+        self.keys.iter().any(|(id, _)| id == key_id)
+    }
+
     async fn wrap(&self, data_key: &DataKey) -> Result<WrappedKey> {
         let plaintext = Zeroizing::new(BASE64.encode(data_key.expose()));
         let (vault_id, kms_id) = &self.keys[0];

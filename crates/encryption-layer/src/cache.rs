@@ -188,6 +188,10 @@ impl KeyProvider for CachingKeyProvider {
         self.inner.key_ids()
     }
 
+    fn has_key(&self, key_id: &str) -> bool {
+        self.inner.has_key(key_id)
+    }
+
     async fn wrap(&self, data_key: &DataKey) -> Result<WrappedKey> {
         let wrapped = self.inner.wrap(data_key).await?;
         self.insert(fingerprint(&wrapped.key_id, &wrapped.bytes), data_key);
@@ -196,7 +200,7 @@ impl KeyProvider for CachingKeyProvider {
 
     async fn unwrap(&self, key_id: &str, wrapped: &[u8]) -> Result<DataKey> {
         // A key that has been retired must not keep working from the cache.
-        if !self.inner.key_ids().iter().any(|k| k == key_id) {
+        if !self.inner.has_key(key_id) {
             return self.inner.unwrap(key_id, wrapped).await;
         }
         let fp = fingerprint(key_id, wrapped);

@@ -386,6 +386,10 @@ impl KeyProvider for LocalKeyProvider {
         self.ring().keys.iter().map(|k| k.id.clone()).collect()
     }
 
+    fn has_key(&self, key_id: &str) -> bool {
+        self.ring().find(key_id).is_some()
+    }
+
     async fn wrap(&self, data_key: &DataKey) -> Result<WrappedKey> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| Error::Random)?;

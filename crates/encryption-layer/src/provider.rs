@@ -84,6 +84,12 @@ pub trait KeyProvider: fmt::Debug + Send + Sync + 'static {
     /// Every key id this provider can unwrap under, the active one included.
     fn key_ids(&self) -> Vec<String>;
 
+    /// Whether `key_id` is one of [`KeyProvider::key_ids`] (checked on every
+    /// cached unwrap; providers answer it without building the list).
+    fn has_key(&self, key_id: &str) -> bool {
+        self.key_ids().iter().any(|k| k == key_id)
+    }
+
     /// Encrypts `data_key` under the active master key.
     async fn wrap(&self, data_key: &DataKey) -> Result<WrappedKey>;
 

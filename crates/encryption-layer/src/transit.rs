@@ -197,6 +197,13 @@ impl KeyProvider for TransitProvider {
         (min..=latest).map(|v| self.key_id(v)).collect()
     }
 
+    fn has_key(&self, key_id: &str) -> bool {
+        let min = self.min_decryption.load(Ordering::Acquire).max(1);
+        let latest = self.latest.load(Ordering::Acquire);
+        self.version_of(key_id)
+            .is_some_and(|v| (min..=latest).contains(&v))
+    }
+
     async fn wrap(&self, data_key: &DataKey) -> Result<WrappedKey> {
         let version = self.latest.load(Ordering::Acquire);
         let plaintext = Zeroizing::new(BASE64.encode(data_key.expose()));
@@ -222,7 +229,7 @@ impl KeyProvider for TransitProvider {
             key_id: key_id.to_owned(),
         };
         let version = self.version_of(key_id).ok_or_else(unknown)?;
-        if !self.key_ids().iter().any(|k| k == key_id) {
+        if !self.has_key(key_id) {
             return Err(unknown());
         }
         let ciphertext = std::str::from_utf8(wrapped)

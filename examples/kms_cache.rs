@@ -6,7 +6,6 @@
 //! cargo run --release -p vault-encryption-layer --example kms_cache [opens]
 //! ```
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,42 +22,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(2_000);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut moto = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{url}/moto-api/")).send().await.is_err() {
-        if Instant::now() > deadline {
-            let _ = moto.kill();
-            return Err("moto_server did not start".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let created: serde_json::Value = http
-        .post(&url)
-        .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amz-target", "TrentService.CreateKey")
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIDBENCH/20261129/us-east-1/kms/aws4_request, \
-             SignedHeaders=host, Signature=00",
-        )
-        .body("{}")
-        .send()
-        .await?
-        .json()
-        .await?;
-    let key_id = created["KeyMetadata"]["KeyId"]
-        .as_str()
-        .ok_or("no key id")?
-        .to_owned();
+    let Some(moto) = vault_test_support::Moto::start() else {
+        return Err("moto_server is not installed".into());
+    };
+    let url = moto.url.clone();
+    let key_id = moto.create_kms_key();
     let kms = Arc::new(AwsKmsProvider::new(AwsKmsConfig {
         endpoint: url.clone(),
         region: "us-east-1".into(),
@@ -113,8 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         local.open(&local_sealed, b"a#0").await?;
     }
     let local_rate = cached_opens as f64 / t.elapsed().as_secs_f64();
-    let _ = moto.kill();
-    let _ = moto.wait();
+    drop(moto);
 
     println!("| operation (KMS: moto on loopback)        | per second |");
     println!("|------------------------------------------|-----------:|");

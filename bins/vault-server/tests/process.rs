@@ -1167,61 +1167,19 @@ fn an_unreachable_kms_stops_the_start_with_a_clear_message() {
     assert!(!dir.path().join("vault-data/master.key").exists());
 }
 
-/// Starts moto's AWS emulator on loopback and creates a KMS key; `None`
-/// (and a loud note) when moto is not installed, unless the tests are told
-/// it must be.
-fn moto_with_key() -> Option<(Child, String, String)> {
-    let found = Command::new("sh")
-        .args(["-c", "command -v moto_server"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("VAULT_TEST_REQUIRE_KMS").is_none(),
-            "moto_server is required (VAULT_TEST_REQUIRE_KMS is set)"
-        );
-        eprintln!("SKIPPED: moto_server is not installed (pip install \"moto[server]\")");
-        return None;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_until("moto to start", || {
-        client().get(format!("{url}/moto-api/")).send().is_ok()
-    });
-    let created: Value = client()
-        .post(&url)
-        .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amz-target", "TrentService.CreateKey")
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIDTEST/20261129/us-east-1/kms/aws4_request, \
-             SignedHeaders=host, Signature=00",
-        )
-        .body("{}")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let key = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned();
-    Some((child, url, key))
+/// moto's AWS emulator with one KMS key; `None` when moto is missing.
+fn moto_with_key() -> Option<(vault_test_support::Moto, String)> {
+    let moto = vault_test_support::Moto::start()?;
+    let key = moto.create_kms_key();
+    Some((moto, key))
 }
 
 #[test]
 fn aws_kms_as_the_master_key_and_a_start_without_it_is_refused() {
-    let Some((mut moto, url, key)) = moto_with_key() else {
+    let Some((mut moto, key)) = moto_with_key() else {
         return;
     };
+    let url = moto.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let envs = [
         ("VAULT__KEYS__PROVIDER", "aws-kms"),
@@ -1251,8 +1209,7 @@ fn aws_kms_as_the_master_key_and_a_start_without_it_is_refused() {
     assert!(!s.logs().contains("aws-secret-marker"));
 
     // Without the KMS the vault does not start.
-    let _ = moto.kill();
-    let _ = moto.wait();
+    moto.stop();
     let err = start(dir.path(), &envs).err().expect("must refuse");
     assert!(err.contains("aws-kms key provider does not work"), "{err}");
     assert!(!err.contains("aws-secret-marker"), "{err}");

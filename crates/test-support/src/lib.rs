@@ -2,7 +2,8 @@
 //! loopback port: an OAuth 2.0 provider with switchable quirks (plain RFC
 //! 6749, Slack's `ok: false` envelope, rotation with reuse detection, no
 //! refresh token in answers, 5xx, 429, slow answers, invalid JSON, dead
-//! grants, error bodies that echo the token) and a webhook receiver.
+//! grants, error bodies that echo the token) and a webhook receiver; and
+//! [`Moto`], the AWS KMS emulator as a child process.
 //!
 //! Used by the workspace's tests only; never by the vault itself.
 //!
@@ -11,6 +12,10 @@
 //! assert!(provider.url("/token").starts_with("http://127.0.0.1:"));
 //! assert_eq!(provider.refresh_calls(), 0);
 //! ```
+
+mod emulators;
+
+pub use emulators::{Moto, free_port, have_tool};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -530,18 +530,8 @@ fn a_dead_grant_is_announced_by_a_signed_webhook() {
 }
 
 fn engine_cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .current_dir(dir)
-        .env_remove("VAULT_CONFIG")
-        .arg("engine")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, out, err) = cli(dir, &[], &[&["engine"], args].concat());
+    (code == 0, out, err)
 }
 
 fn get_as(s: &Server, id: &str, token: &str, path: &str) -> u16 {
@@ -622,21 +612,8 @@ fn plain_http_beyond_loopback_is_warned_about() {
 }
 
 fn audit_cli(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .current_dir(dir)
-        .env_remove("VAULT_CONFIG")
-        .arg("audit")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (code, out, err) = cli(dir, &[], &[&["audit"], args].concat());
+    (code, format!("{out}{err}"))
 }
 
 #[test]
@@ -741,17 +718,8 @@ fn config_check_validates_and_masks() {
 }
 
 fn import(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .current_dir(dir)
-        .env_remove("VAULT_CONFIG")
-        .arg("import")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, err) = cli(dir, &[], &[&["import"], args].concat());
+    (code, err)
 }
 
 fn secret_count(dir: &Path) -> i64 {
@@ -843,6 +811,8 @@ fn the_shell_walkthrough_runs_against_the_embedded_default() {
     }
 }
 
+/// Runs the binary as a command-line tool in `dir`: exit code, stdout,
+/// stderr.
 fn cli(dir: &Path, envs: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir).env_remove("VAULT_CONFIG").args(args);

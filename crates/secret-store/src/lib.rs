@@ -23,6 +23,7 @@
 //! # }).unwrap();
 //! ```
 
+mod chain;
 mod error;
 mod model;
 mod sqlite;

@@ -12,11 +12,15 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use time::OffsetDateTime;
 use vault_types::SecretAddress;
 
+use crate::chain::{
+    Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, checkpoint_signature,
+    from_ms, mac_version, ms, signed, verify_rows,
+};
 use crate::{
-    AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditProblem, AuditQuery,
-    AuditRecord, AuditVerification, EngineRecord, Error, KeyUsage, NewNotification,
-    PendingNotification, RefreshState, Result, RewrapItem, Rewrapped, SecretMeta, SecretStatus,
-    SecretStore, SecretWrite, StoreStats, StoredSecret,
+    AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditQuery, AuditRecord,
+    AuditVerification, EngineRecord, Error, KeyUsage, NewNotification, PendingNotification,
+    RefreshState, Result, RewrapItem, Rewrapped, SecretMeta, SecretStatus, SecretStore,
+    SecretWrite, StoreStats, StoredSecret,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -329,15 +333,6 @@ fn prepare_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-fn from_ms(v: i64) -> Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
-        .map_err(|_| Error::Corrupt(format!("timestamp {v} out of range")))
-}
-
 fn u64_of(v: i64, what: &str) -> Result<u64> {
     u64::try_from(v).map_err(|_| Error::Corrupt(format!("{what} {v} is negative")))
 }
@@ -408,107 +403,6 @@ fn read_secret(conn: &Connection, address: &SecretAddress) -> Result<Option<Stor
     }
 }
 
-/// The bytes a usage record's MAC covers (with the previous MAC before
-/// them). Every field is length-prefixed and optional fields carry a
-/// presence byte, so no two records encode alike.
-fn canonical(seq: i64, r: &AuditRecord) -> Vec<u8> {
-    fn field(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-    fn opt(out: &mut Vec<u8>, s: Option<&str>) {
-        match s {
-            Some(s) => {
-                out.push(1);
-                field(out, s);
-            }
-            None => out.push(0),
-        }
-    }
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(b"vault-audit-v1");
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&ms(r.at).to_be_bytes());
-    field(&mut out, &r.request_id);
-    opt(&mut out, r.engine_id.as_deref());
-    field(&mut out, r.action.as_str());
-    opt(&mut out, r.environment.as_deref());
-    opt(&mut out, r.project.as_deref());
-    opt(&mut out, r.platform.as_deref());
-    field(&mut out, r.outcome.as_str());
-    opt(&mut out, r.detail.as_deref());
-    out
-}
-
-/// The MAC of a version stored in a `mac_key` column (NULL: version 1,
-/// from before keys had versions); `None` when that version is unknown.
-fn mac_with(mac: &dyn AuditMac, version: Option<i64>, data: &[u8]) -> Option<[u8; 32]> {
-    let version = u32::try_from(version.unwrap_or(1)).ok()?;
-    mac.mac_with(version, data)
-}
-
-fn chain_mac(
-    mac: &dyn AuditMac,
-    version: Option<i64>,
-    prev: &[u8],
-    seq: i64,
-    r: &AuditRecord,
-) -> Option<[u8; 32]> {
-    let mut data = Vec::with_capacity(32 + 128);
-    data.extend_from_slice(prev);
-    data.extend_from_slice(&canonical(seq, r));
-    mac_with(mac, version, &data)
-}
-
-/// Whether `signature` is what `expected` computed (an unknown key
-/// version never matches).
-fn signed(expected: Option<[u8; 32]>, signature: &[u8]) -> bool {
-    expected.is_some_and(|e| e.as_slice() == signature)
-}
-
-const GENESIS: [u8; 32] = [0; 32];
-
-/// The signature of a retention checkpoint: the chain MAC over a fixed
-/// label, the last pruned sequence number, its record MAC and the time.
-fn checkpoint_signature(
-    mac: &dyn AuditMac,
-    version: Option<i64>,
-    seq: i64,
-    record_mac: &[u8],
-    at_ms: i64,
-) -> Option<[u8; 32]> {
-    let mut data = b"vault-audit-checkpoint-v1".to_vec();
-    data.extend_from_slice(&seq.to_be_bytes());
-    data.extend_from_slice(&(record_mac.len() as u32).to_be_bytes());
-    data.extend_from_slice(record_mac);
-    data.extend_from_slice(&at_ms.to_be_bytes());
-    mac_with(mac, version, &data)
-}
-
-/// The signature of a chain anchor (`start`: the chain begins after `seq`
-/// from `mac`; `head`: the newest record is `seq` with `mac`) or of a sink
-/// cursor (`cursor:<name>`, with an empty MAC).
-fn anchor_signature(
-    mac: &dyn AuditMac,
-    version: Option<i64>,
-    name: &str,
-    seq: i64,
-    anchor_mac: &[u8],
-) -> Option<[u8; 32]> {
-    let mut data = b"vault-audit-anchor-v1".to_vec();
-    data.extend_from_slice(&(name.len() as u32).to_be_bytes());
-    data.extend_from_slice(name.as_bytes());
-    data.extend_from_slice(&seq.to_be_bytes());
-    data.extend_from_slice(&(anchor_mac.len() as u32).to_be_bytes());
-    data.extend_from_slice(anchor_mac);
-    mac_with(mac, version, &data)
-}
-
-/// The key version new MACs are made with, as stored.
-fn mac_version(mac: &dyn AuditMac) -> Option<i64> {
-    Some(i64::from(mac.version()))
-}
-
 fn put_anchor(
     tx: &Connection,
     mac: &dyn AuditMac,
@@ -527,8 +421,6 @@ fn put_anchor(
     .execute(params![name, seq, anchor_mac, signature.to_vec(), version])?;
     Ok(())
 }
-
-type Anchor = (i64, Vec<u8>, Vec<u8>, Option<i64>);
 
 fn get_anchor(conn: &Connection, name: &str) -> Result<Option<Anchor>> {
     Ok(conn
@@ -683,10 +575,6 @@ fn collect_entries(
     Ok(out)
 }
 
-/// A usage-log row as the verifier reads it: a record that does not even
-/// decode counts as changed.
-type ChainRow = (i64, Option<AuditRecord>, Option<Vec<u8>>, Option<i64>);
-
 fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerification> {
     let mut stmt = conn.prepare(
         "SELECT seq, at_ms, request_id, engine_id, action, environment, project, platform,
@@ -702,17 +590,8 @@ fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerificati
             Ok((seq, record, stored, version))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut report = AuditVerification {
-        records: rows.len() as u64,
-        verified: 0,
-        unchained: 0,
-        last_verified_seq: None,
-        pruned_through: None,
-        problem: None,
-    };
     let start = get_anchor(conn, "start")?;
     let head = get_anchor(conn, "head")?;
-    type Checkpoint = (i64, Vec<u8>, i64, Vec<u8>, Option<i64>);
     let checkpoint: Option<Checkpoint> = conn
         .query_row(
             "SELECT seq, mac, at_ms, signature, mac_key FROM audit_checkpoints
@@ -721,116 +600,7 @@ fn verify_audit(conn: &Connection, mac: &dyn AuditMac) -> Result<AuditVerificati
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?;
-    let Some((start_seq, start_mac, start_sig, start_key)) = start else {
-        if !rows.is_empty() || checkpoint.is_some() {
-            // Records, but no sign that the chain ever began: its anchors
-            // were removed (or no record was written since it began).
-            report.problem = Some(AuditProblem::Unanchored);
-        }
-        return Ok(report);
-    };
-    if !signed(
-        anchor_signature(mac, start_key, "start", start_seq, &start_mac),
-        &start_sig,
-    ) {
-        report.problem = Some(AuditProblem::Anchor { seq: start_seq });
-        return Ok(report);
-    }
-    // Where verification begins: after the start anchor, or after the
-    // newest retention checkpoint when that is later.
-    let mut prev = start_mac;
-    let mut from = start_seq;
-    if let Some((seq, record_mac, at_ms, signature, key)) = checkpoint {
-        if !signed(
-            checkpoint_signature(mac, key, seq, &record_mac, at_ms),
-            &signature,
-        ) {
-            report.problem = Some(AuditProblem::Checkpoint { seq });
-            return Ok(report);
-        }
-        report.pruned_through = Some(seq);
-        if seq > from {
-            prev = record_mac;
-            from = seq;
-        }
-    }
-    let mut chained_rows = Vec::with_capacity(rows.len());
-    for row in rows {
-        let seq = row.0;
-        if report.pruned_through.is_some_and(|p| seq <= p) {
-            // Retention deleted everything up to its checkpoint.
-            report.problem = Some(AuditProblem::Inserted { seq });
-            return Ok(report);
-        }
-        if seq <= from {
-            // From before the chain began: it carries no MAC to check.
-            if row.2.is_some() {
-                report.problem = Some(AuditProblem::Inserted { seq });
-                return Ok(report);
-            }
-            report.unchained += 1;
-        } else {
-            chained_rows.push(row);
-        }
-    }
-    let rows = chained_rows;
-    report.records = rows.len() as u64 + report.unchained;
-    let mut last_seq: Option<i64> = Some(from);
-    let expected = |prev: &[u8], seq: i64, record: &Option<AuditRecord>, version: Option<i64>| {
-        record
-            .as_ref()
-            .and_then(|r| chain_mac(mac, version, prev, seq, r))
-            .map(|m| m.to_vec())
-    };
-    for (i, (seq, record, stored, version)) in rows.iter().enumerate() {
-        if last_seq.is_some_and(|l| *seq != l + 1) {
-            report.problem = Some(AuditProblem::Removed { seq: *seq });
-            return Ok(report);
-        }
-        let want = expected(&prev, *seq, record, *version);
-        if want.is_none() || want.as_ref() != stored.as_ref() {
-            // Content changed under its old MAC, or a forged record? The next
-            // record tells: it chains from the stored MAC only if that MAC
-            // is the vault's own.
-            let next_chains = match (stored, rows.get(i + 1)) {
-                (Some(stored_mac), Some((next_seq, next_record, next_stored, next_version))) => {
-                    next_stored.is_some()
-                        && expected(stored_mac, *next_seq, next_record, *next_version).as_ref()
-                            == next_stored.as_ref()
-                }
-                _ => false,
-            };
-            report.problem = Some(if next_chains {
-                AuditProblem::Changed { seq: *seq }
-            } else {
-                AuditProblem::Inserted { seq: *seq }
-            });
-            return Ok(report);
-        }
-        prev = stored.clone().unwrap_or_default();
-        report.verified += 1;
-        report.last_verified_seq = Some(*seq);
-        last_seq = Some(*seq);
-    }
-    // The signed head must name the newest record: records cut off the end
-    // (or a file restored from an older copy of the log) show here.
-    let end = last_seq.unwrap_or(from);
-    match head {
-        Some((head_seq, head_mac, head_sig, head_key)) => {
-            if !signed(
-                anchor_signature(mac, head_key, "head", head_seq, &head_mac),
-                &head_sig,
-            ) {
-                report.problem = Some(AuditProblem::Anchor { seq: head_seq });
-            } else if head_seq > end {
-                report.problem = Some(AuditProblem::Removed { seq: end + 1 });
-            } else if head_seq < end || head_mac != prev {
-                report.problem = Some(AuditProblem::Inserted { seq: head_seq + 1 });
-            }
-        }
-        None => report.problem = Some(AuditProblem::Unanchored),
-    }
-    Ok(report)
+    Ok(verify_rows(mac, rows, start, head, checkpoint))
 }
 
 fn current_version(tx: &Transaction<'_>, address: &SecretAddress) -> Result<Option<u64>> {

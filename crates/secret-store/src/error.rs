@@ -19,6 +19,14 @@ pub enum Error {
     /// The database reported an error.
     #[error("database error")]
     Database(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error (its text can quote stored values, so
+    /// it is not shown).
+    #[error("database error")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No database connection could be had (pool exhausted, server down,
+    /// a standby that takes no writes).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The database was written by a newer build.
     #[error("database schema version {found} is newer than this build supports ({supported})")]
     SchemaTooNew {
@@ -52,9 +60,12 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Conflict { .. } => ErrorKind::Conflict,
-            Self::Database(_) | Self::Io { .. } | Self::Task(_) | Self::SchemaTooNew { .. } => {
-                ErrorKind::Unavailable
-            }
+            Self::Database(_)
+            | Self::Postgres(_)
+            | Self::Unavailable(_)
+            | Self::Io { .. }
+            | Self::Task(_)
+            | Self::SchemaTooNew { .. } => ErrorKind::Unavailable,
             Self::Corrupt(_) | Self::Invalid(_) => ErrorKind::Internal,
         }
     }

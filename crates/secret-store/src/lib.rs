@@ -26,16 +26,18 @@
 mod chain;
 mod error;
 mod model;
+mod postgres;
 mod sqlite;
 mod store;
 
 pub use error::{Error, Result};
 pub use model::{
     AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditProblem, AuditQuery,
-    AuditRecord, AuditVerification, EngineRecord, KeyUsage, NewNotification, PendingNotification,
-    RefreshState, RewrapItem, Rewrapped, SecretMeta, SecretStatus, SecretWrite, StoreStats,
-    StoredSecret,
+    AuditRecord, AuditVerification, EngineRecord, KeyUsage, LeaseOutcome, NewNotification,
+    PendingNotification, RefreshState, RewrapItem, Rewrapped, SecretMeta, SecretStatus,
+    SecretWrite, StoreStats, StoredSecret,
 };
+pub use postgres::{PostgresOptions, PostgresStore, describe_postgres_url, parse_postgres_url};
 pub use sqlite::{SqliteOptions, SqliteStore, backup_database, restore_database};
 pub use store::SecretStore;
 

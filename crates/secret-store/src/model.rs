@@ -80,6 +80,19 @@ pub struct RefreshState {
     pub next_attempt_at: Option<OffsetDateTime>,
 }
 
+/// What [`SecretStore::acquire_refresh_lease`](crate::SecretStore::acquire_refresh_lease)
+/// found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// The caller holds the lease now (it was free, had expired, or was
+    /// the caller's already).
+    Acquired,
+    /// Another holder's lease has not expired: someone else is refreshing.
+    Held,
+    /// No secret at that address.
+    Missing,
+}
+
 /// A notification to deliver (to the Integration Manager's webhook).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewNotification {

@@ -18,9 +18,9 @@ use crate::chain::{
 };
 use crate::{
     AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditQuery, AuditRecord,
-    AuditVerification, EngineRecord, Error, KeyUsage, NewNotification, PendingNotification,
-    RefreshState, Result, RewrapItem, Rewrapped, SecretMeta, SecretStatus, SecretStore,
-    SecretWrite, StoreStats, StoredSecret,
+    AuditVerification, EngineRecord, Error, KeyUsage, LeaseOutcome, NewNotification,
+    PendingNotification, RefreshState, Result, RewrapItem, Rewrapped, SecretMeta, SecretStatus,
+    SecretStore, SecretWrite, StoreStats, StoredSecret,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -119,6 +119,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE audit_checkpoints ADD COLUMN mac_key INTEGER;
     ALTER TABLE audit_cursors ADD COLUMN mac_key INTEGER;
     CREATE INDEX secrets_by_key ON secrets (key_id);",
+    // 9: refresh leases, so that one process at a time refreshes a token
+    // (several processes may share one file: the server and the CLI).
+    "ALTER TABLE secrets ADD COLUMN lease_holder TEXT;
+    ALTER TABLE secrets ADD COLUMN lease_until_ms INTEGER;",
 ];
 
 /// Tuning for [`SqliteStore`].
@@ -808,6 +812,66 @@ fn due_for_refresh(
     addresses(rows)
 }
 
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Takes the lease in the writer's transaction (the caller commits).
+fn take_lease(
+    tx: &Connection,
+    address: &SecretAddress,
+    holder: &str,
+    now_ms: i64,
+    ttl: Duration,
+) -> Result<bool> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE secrets SET lease_holder = ?4, lease_until_ms = ?5 + ?6
+             WHERE environment = ?1 AND project = ?2 AND platform = ?3
+               AND (lease_holder IS NULL OR lease_holder = ?4 OR lease_until_ms <= ?5)",
+        )?
+        .execute(params![
+            address.environment(),
+            address.project(),
+            address.platform(),
+            holder,
+            now_ms,
+            ttl_ms(ttl),
+        ])?;
+    Ok(n == 1)
+}
+
+fn claim_due_tx(
+    conn: &mut Connection,
+    now: OffsetDateTime,
+    limit: u32,
+    holder: &str,
+    ttl: Duration,
+) -> Result<Vec<SecretAddress>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let clock = ms(OffsetDateTime::now_utc());
+    let rows = tx
+        .prepare_cached(
+            "SELECT environment, project, platform FROM secrets
+             WHERE refresh_due_ms <= ?1
+               AND status != 'reauth_required'
+               AND (next_attempt_at_ms IS NULL OR next_attempt_at_ms <= ?1)
+               AND (lease_holder IS NULL OR lease_until_ms <= ?4)
+             ORDER BY refresh_due_ms
+             LIMIT ?2",
+        )?
+        .query_map(params![ms(now), limit, holder, clock], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let due = addresses(rows)?;
+    for address in &due {
+        take_lease(&tx, address, holder, clock, ttl)?;
+    }
+    tx.commit()?;
+    Ok(due)
+}
+
 fn list_project(conn: &Connection, project: &str) -> Result<Vec<SecretAddress>> {
     let mut stmt = conn.prepare_cached(
         "SELECT environment, project, platform FROM secrets WHERE project = ?1
@@ -1061,6 +1125,67 @@ impl SecretStore for SqliteStore {
     async fn due_for_refresh(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<SecretAddress>> {
         self.with_reader(move |c| due_for_refresh(c, now, limit))
             .await
+    }
+
+    async fn claim_due_for_refresh(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Vec<SecretAddress>> {
+        let holder = holder.to_owned();
+        self.with_writer(move |c, _| claim_due_tx(c, now, limit, &holder, ttl))
+            .await
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        address: &SecretAddress,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LeaseOutcome> {
+        let (address, holder) = (address.clone(), holder.to_owned());
+        self.with_writer(move |c, _| {
+            let now = ms(OffsetDateTime::now_utc());
+            if take_lease(c, &address, &holder, now, ttl)? {
+                return Ok(LeaseOutcome::Acquired);
+            }
+            let exists = c
+                .prepare_cached(
+                    "SELECT 1 FROM secrets
+                     WHERE environment = ?1 AND project = ?2 AND platform = ?3",
+                )?
+                .query_row(
+                    params![address.environment(), address.project(), address.platform()],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?;
+            Ok(if exists.is_some() {
+                LeaseOutcome::Held
+            } else {
+                LeaseOutcome::Missing
+            })
+        })
+        .await
+    }
+
+    async fn release_refresh_lease(&self, address: &SecretAddress, holder: &str) -> Result<()> {
+        let (address, holder) = (address.clone(), holder.to_owned());
+        self.with_writer(move |c, _| {
+            c.prepare_cached(
+                "UPDATE secrets SET lease_holder = NULL, lease_until_ms = NULL
+                 WHERE environment = ?1 AND project = ?2 AND platform = ?3 AND lease_holder = ?4",
+            )?
+            .execute(params![
+                address.environment(),
+                address.project(),
+                address.platform(),
+                holder
+            ])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn list_project(&self, project: &str) -> Result<Vec<SecretAddress>> {

@@ -8,8 +8,8 @@ use vault_types::SecretAddress;
 
 use crate::{
     AuditEntry, AuditKeyRecord, AuditMac, AuditQuery, AuditRecord, AuditVerification, EngineRecord,
-    KeyUsage, NewNotification, PendingNotification, RefreshState, Result, RewrapItem, Rewrapped,
-    SecretStatus, SecretWrite, StoreStats, StoredSecret,
+    KeyUsage, LeaseOutcome, NewNotification, PendingNotification, RefreshState, Result, RewrapItem,
+    Rewrapped, SecretStatus, SecretWrite, StoreStats, StoredSecret,
 };
 
 /// Durable storage of sealed secrets, the usage log and the notification
@@ -74,6 +74,35 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     /// Served from an index, so the cost follows the number due, not the
     /// number stored.
     async fn due_for_refresh(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<SecretAddress>>;
+
+    /// Like [`due_for_refresh`](SecretStore::due_for_refresh), but takes
+    /// the refresh lease of every address it returns for `holder` (for
+    /// `ttl`), and skips addresses under a lease that has not expired (its
+    /// own included: those are in flight already): background refreshers
+    /// of several replicas calling at once get disjoint sets.
+    async fn claim_due_for_refresh(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Vec<SecretAddress>>;
+
+    /// Takes the refresh lease of `address` for `holder` for `ttl`: granted
+    /// when no one holds it, when the holder's lease has expired (a crashed
+    /// replica), or when `holder` holds it already (then it is extended).
+    /// Lease times come from the store's own clock, so replicas with skewed
+    /// clocks still agree. The lease lives beside the secret and goes when
+    /// it is deleted; it never changes the secret's version.
+    async fn acquire_refresh_lease(
+        &self,
+        address: &SecretAddress,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LeaseOutcome>;
+
+    /// Gives the refresh lease of `address` back, if `holder` holds it.
+    async fn release_refresh_lease(&self, address: &SecretAddress, holder: &str) -> Result<()>;
 
     /// Every address of `project`, in every environment.
     async fn list_project(&self, project: &str) -> Result<Vec<SecretAddress>>;

@@ -1,10 +1,15 @@
 //! The store contract, run against every implementation.
 //!
-//! Each `contract_*` function takes any [`SecretStore`]; the SQLite tests at
-//! the bottom run them on a real file. Another backend runs the same
-//! functions.
+//! Each test function below takes a fixture ([`Fx`]): a store of some
+//! backend, and a way to reach its tables behind its back. The
+//! [`conformance!`] list at the bottom runs every one of them against a
+//! SQLite file (`tests::sqlite::*`) and against a fresh PostgreSQL database
+//! (`tests::postgres::*`, on the server `VAULT_TEST_POSTGRES_URL` names;
+//! skipped loudly without it). Tests of one backend's own matters (file
+//! modes, SQLite migrations from old files) follow the list.
 
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
@@ -209,11 +214,11 @@ async fn contract_conflicts_change_nothing(store: &dyn SecretStore) {
     assert!(!ids.iter().any(|i| i == "c2" || i == "c4" || i == "c5"));
 }
 
-async fn contract_concurrent_writers_one_wins(store: &std::sync::Arc<dyn SecretStore>) {
+async fn contract_concurrent_writers_one_wins(store: &Arc<dyn SecretStore>) {
     let a = addr("stripe");
     let mut tasks = Vec::new();
     for i in 0..16 {
-        let store = std::sync::Arc::clone(store);
+        let store = Arc::clone(store);
         let a = a.clone();
         tasks.push(tokio::spawn(async move {
             store
@@ -242,23 +247,16 @@ async fn sqlite_store(dir: &tempfile::TempDir) -> SqliteStore {
         .unwrap()
 }
 
-#[tokio::test]
-async fn sqlite_crud() {
-    let dir = tempfile::tempdir().unwrap();
-    contract_crud(&sqlite_store(&dir).await).await;
+async fn crud(fx: Fx) {
+    contract_crud(fx.store.as_ref()).await;
 }
 
-#[tokio::test]
-async fn sqlite_conflicts_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    contract_conflicts_change_nothing(&sqlite_store(&dir).await).await;
+async fn conflicts_change_nothing(fx: Fx) {
+    contract_conflicts_change_nothing(fx.store.as_ref()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_concurrent_writers_one_wins() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: std::sync::Arc<dyn SecretStore> = std::sync::Arc::new(sqlite_store(&dir).await);
-    contract_concurrent_writers_one_wins(&store).await;
+async fn concurrent_writers_one_wins(fx: Fx) {
+    contract_concurrent_writers_one_wins(&fx.store).await;
 }
 
 #[tokio::test]
@@ -285,22 +283,6 @@ async fn sqlite_survives_reopen_and_migrates_once() {
     );
     assert_eq!(schema_version(&path), MIGRATION_COUNT as i64);
     assert_eq!(store.recent_audit(10).await.unwrap().len(), 1);
-}
-
-#[tokio::test]
-async fn sqlite_refuses_a_newer_schema() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("vault.db");
-    drop(SqliteStore::open(&path).await.unwrap());
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .pragma_update(None, "user_version", 999)
-        .unwrap();
-    let err = SqliteStore::open(&path).await.unwrap_err();
-    assert!(
-        matches!(err, Error::SchemaTooNew { found: 999, .. }),
-        "{err}"
-    );
 }
 
 #[tokio::test]
@@ -336,10 +318,8 @@ async fn sqlite_files_are_private_and_wal_is_on() {
     assert_eq!(mode, "wal");
 }
 
-#[tokio::test]
-async fn sqlite_corrupt_rows_are_errors_not_panics() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(&dir).await;
+async fn corrupt_rows_are_errors_not_panics(fx: Fx) {
+    let store = Arc::clone(&fx.store);
     store
         .put(
             write(&addr("slack"), 1, b"x"),
@@ -349,9 +329,7 @@ async fn sqlite_corrupt_rows_are_errors_not_panics() {
         )
         .await
         .unwrap();
-    let conn = rusqlite::Connection::open(store.path()).unwrap();
-    conn.execute("UPDATE secrets SET status = 'bogus'", [])
-        .unwrap();
+    fx.exec("UPDATE secrets SET status = 'bogus'");
     let err = store.get(&addr("slack")).await.unwrap_err();
     assert!(matches!(err, Error::Corrupt(_)), "{err}");
 }
@@ -507,10 +485,8 @@ async fn contract_refresh_bookkeeping(store: &dyn SecretStore) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_refresh_bookkeeping() {
-    let dir = tempfile::tempdir().unwrap();
-    contract_refresh_bookkeeping(&sqlite_store(&dir).await).await;
+async fn refresh_bookkeeping(fx: Fx) {
+    contract_refresh_bookkeeping(fx.store.as_ref()).await;
 }
 
 #[tokio::test]
@@ -559,10 +535,8 @@ async fn contract_engines(store: &dyn SecretStore) {
     assert_eq!(store.list_engines().await.unwrap(), [e]);
 }
 
-#[tokio::test]
-async fn sqlite_engines() {
-    let dir = tempfile::tempdir().unwrap();
-    contract_engines(&sqlite_store(&dir).await).await;
+async fn engines(fx: Fx) {
+    contract_engines(fx.store.as_ref()).await;
 }
 
 #[derive(Debug)]
@@ -580,9 +554,9 @@ impl AuditMac for TestMac {
     }
 }
 
-async fn chained_store(dir: &tempfile::TempDir, n: usize) -> SqliteStore {
-    let store = sqlite_store(dir).await;
-    store.chain_audit(std::sync::Arc::new(TestMac));
+async fn chained(fx: &Fx, n: usize) -> Arc<dyn SecretStore> {
+    let store = Arc::clone(&fx.store);
+    store.chain_audit(Arc::new(TestMac));
     for i in 0..n {
         let mut r = audit(AuditAction::Read, &format!("q{i}"));
         r.detail = Some(format!("d{i}"));
@@ -591,118 +565,68 @@ async fn chained_store(dir: &tempfile::TempDir, n: usize) -> SqliteStore {
     store
 }
 
-fn raw(store: &SqliteStore) -> rusqlite::Connection {
-    rusqlite::Connection::open(store.path()).unwrap()
-}
-
-#[tokio::test]
-async fn sqlite_audit_chain_verifies_when_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = chained_store(&dir, 6).await;
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+async fn audit_chain_verifies_when_untouched(fx: Fx) {
+    let store = chained(&fx, 6).await;
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!((v.records, v.verified, v.problem), (6, 6, None));
     assert_eq!(v.last_verified_seq, Some(6));
 }
 
-#[tokio::test]
-async fn sqlite_audit_chain_detects_a_changed_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = chained_store(&dir, 6).await;
-    raw(&store)
-        .execute(
-            "UPDATE audit_log SET outcome = 'success', detail = NULL WHERE seq = 3",
-            [],
-        )
-        .unwrap();
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+async fn audit_chain_detects_a_changed_record(fx: Fx) {
+    let store = chained(&fx, 6).await;
+    fx.exec("UPDATE audit_log SET outcome = 'success', detail = NULL WHERE seq = 3");
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!(v.problem, Some(AuditProblem::Changed { seq: 3 }));
     assert_eq!(v.last_verified_seq, Some(2));
 }
 
-#[tokio::test]
-async fn sqlite_audit_chain_detects_a_removed_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = chained_store(&dir, 6).await;
-    raw(&store)
-        .execute("DELETE FROM audit_log WHERE seq = 4", [])
-        .unwrap();
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+async fn audit_chain_detects_a_removed_record(fx: Fx) {
+    let store = chained(&fx, 6).await;
+    fx.exec("DELETE FROM audit_log WHERE seq = 4");
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!(v.problem, Some(AuditProblem::Removed { seq: 5 }));
     assert_eq!(v.last_verified_seq, Some(3));
 }
 
-#[tokio::test]
-async fn sqlite_audit_chain_detects_an_inserted_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = chained_store(&dir, 6).await;
+async fn audit_chain_detects_an_inserted_record(fx: Fx) {
+    let store = chained(&fx, 6).await;
     // A forged record at the end, and one in place of a removed record.
-    raw(&store)
-        .execute(
-            "INSERT INTO audit_log (seq, at_ms, request_id, action, outcome, mac)
-             VALUES (7, 0, 'forged', 'read', 'success', x'00')",
-            [],
-        )
-        .unwrap();
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
-    assert_eq!(v.problem, Some(AuditProblem::Inserted { seq: 7 }));
-    let conn = raw(&store);
-    conn.execute("DELETE FROM audit_log WHERE seq >= 2", [])
-        .unwrap();
-    drop(conn);
-    let dir2 = tempfile::tempdir().unwrap();
-    let store = chained_store(&dir2, 4).await;
-    let conn = raw(&store);
-    conn.execute("DELETE FROM audit_log WHERE seq = 2", [])
-        .unwrap();
-    conn.execute(
+    fx.exec(&format!(
         "INSERT INTO audit_log (seq, at_ms, request_id, action, outcome, mac)
-         VALUES (2, 0, 'forged', 'read', 'success', x'0102')",
-        [],
-    )
-    .unwrap();
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+             VALUES (7, 0, 'forged', 'read', 'success', {})",
+        fx.blob("00")
+    ));
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
+    assert_eq!(v.problem, Some(AuditProblem::Inserted { seq: 7 }));
+    let fx = fx.fresh().await;
+    let store = chained(&fx, 4).await;
+    fx.exec(&format!(
+        "DELETE FROM audit_log WHERE seq = 2;
+         INSERT INTO audit_log (seq, at_ms, request_id, action, outcome, mac)
+         VALUES (2, 0, 'forged', 'read', 'success', {})",
+        fx.blob("0102")
+    ));
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!(v.problem, Some(AuditProblem::Inserted { seq: 2 }));
 }
 
-#[tokio::test]
-async fn sqlite_audit_records_before_the_chain_are_counted_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(&dir).await;
+async fn audit_records_before_the_chain_are_counted_apart(fx: Fx) {
+    let store = Arc::clone(&fx.store);
     store
         .append_audit(audit(AuditAction::Read, "old"))
         .await
         .unwrap();
-    store.chain_audit(std::sync::Arc::new(TestMac));
+    store.chain_audit(Arc::new(TestMac));
     store
         .append_audit(audit(AuditAction::Read, "new"))
         .await
         .unwrap();
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!((v.unchained, v.verified, v.problem), (1, 1, None));
 }
 
-#[tokio::test]
-async fn sqlite_audit_query_filters_and_pages() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = chained_store(&dir, 5).await;
+async fn audit_query_filters_and_pages(fx: Fx) {
+    let store = chained(&fx, 5).await;
     let mut other = audit(AuditAction::Store, "s1");
     other.project = Some("pf_other".into());
     store.append_audit(other).await.unwrap();
@@ -750,11 +674,9 @@ async fn sqlite_audit_query_filters_and_pages() {
     assert!(after.iter().all(|e| e.mac.is_some()));
 }
 
-#[tokio::test]
-async fn sqlite_retention_prunes_and_leaves_a_verifiable_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(&dir).await;
-    store.chain_audit(std::sync::Arc::new(TestMac));
+async fn retention_prunes_and_leaves_a_verifiable_checkpoint(fx: Fx) {
+    let store = Arc::clone(&fx.store);
+    store.chain_audit(Arc::new(TestMac));
     for i in 0..10i64 {
         let mut r = audit(AuditAction::Read, &format!("p{i}"));
         r.at = T0 + Duration::days(i);
@@ -763,10 +685,7 @@ async fn sqlite_retention_prunes_and_leaves_a_verifiable_checkpoint() {
     // Older than day 6, but nothing past record 4 (not yet delivered).
     let pruned = store.prune_audit(T0 + Duration::days(6), 4).await.unwrap();
     assert_eq!(pruned, Some(4));
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!(v.problem, None, "{v:?}");
     assert_eq!((v.pruned_through, v.records, v.verified), (Some(4), 6, 6));
     // Pruning again up to day 6: records 5 and 6.
@@ -777,10 +696,7 @@ async fn sqlite_retention_prunes_and_leaves_a_verifiable_checkpoint() {
             .unwrap(),
         Some(6)
     );
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!(
         (v.problem, v.pruned_through, v.verified),
         (None, Some(6), 4)
@@ -795,29 +711,17 @@ async fn sqlite_retention_prunes_and_leaves_a_verifiable_checkpoint() {
     );
 
     // Deleting the first record after the checkpoint is still caught…
-    raw(&store)
-        .execute("DELETE FROM audit_log WHERE seq = 7", [])
-        .unwrap();
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+    fx.exec("DELETE FROM audit_log WHERE seq = 7");
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!(v.problem, Some(AuditProblem::Removed { seq: 8 }));
     // …and so is a forged checkpoint.
-    raw(&store)
-        .execute("UPDATE audit_checkpoints SET seq = 7 WHERE seq = 6", [])
-        .unwrap();
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+    fx.exec("UPDATE audit_checkpoints SET seq = 7 WHERE seq = 6");
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!(v.problem, Some(AuditProblem::Checkpoint { seq: 7 }));
 }
 
-#[tokio::test]
-async fn sqlite_the_chain_continues_after_everything_was_pruned() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = chained_store(&dir, 3).await;
+async fn the_chain_continues_after_everything_was_pruned(fx: Fx) {
+    let store = chained(&fx, 3).await;
     assert_eq!(
         store
             .prune_audit(T0 + Duration::days(1), i64::MAX)
@@ -829,23 +733,18 @@ async fn sqlite_the_chain_continues_after_everything_was_pruned() {
         .append_audit(audit(AuditAction::Read, "after"))
         .await
         .unwrap();
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!(
         (v.problem, v.verified, v.last_verified_seq),
         (None, 1, Some(4))
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_group_commit_keeps_every_record_in_one_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(chained_store(&dir, 0).await);
+async fn group_commit_keeps_every_record_in_one_chain(fx: Fx) {
+    let store = chained(&fx, 0).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
-        let store = std::sync::Arc::clone(&store);
+        let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             store
                 .append_audit(audit(AuditAction::Read, &format!("g{i}")))
@@ -855,15 +754,12 @@ async fn sqlite_group_commit_keeps_every_record_in_one_chain() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!((v.records, v.verified, v.problem), (200, 200, None));
 }
 
 #[tokio::test]
-async fn sqlite_a_failed_usage_log_write_is_an_error_for_its_caller() {
+async fn sqlite_a_failed_usage_log_write_fails_with_and_without_group_commit() {
     for group_commit in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_with(
@@ -875,9 +771,11 @@ async fn sqlite_a_failed_usage_log_write_is_an_error_for_its_caller() {
         )
         .await
         .unwrap();
-        raw(&store)
+        rusqlite::Connection::open(store.path())
+            .unwrap()
             .execute_batch(
-                "CREATE TRIGGER full BEFORE INSERT ON audit_log BEGIN SELECT RAISE(FAIL, 'disk full'); END;",
+                "CREATE TRIGGER full BEFORE INSERT ON audit_log
+                 BEGIN SELECT RAISE(FAIL, 'disk full'); END;",
             )
             .unwrap();
         assert!(
@@ -890,76 +788,42 @@ async fn sqlite_a_failed_usage_log_write_is_an_error_for_its_caller() {
     }
 }
 
-#[tokio::test]
-async fn sqlite_stripping_the_chain_is_found() {
+async fn stripping_the_chain_is_found(fx: Fx) {
     // Every MAC removed.
-    let dir = tempfile::tempdir().unwrap();
-    let store = chained_store(&dir, 5).await;
-    raw(&store)
-        .execute("UPDATE audit_log SET mac = NULL", [])
-        .unwrap();
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+    let store = chained(&fx, 5).await;
+    fx.exec("UPDATE audit_log SET mac = NULL");
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert!(v.problem.is_some(), "{v:?}");
     // …and the anchors and checkpoints with them.
-    raw(&store)
-        .execute_batch("DELETE FROM audit_anchors; DELETE FROM audit_checkpoints;")
-        .unwrap();
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+    fx.exec("DELETE FROM audit_anchors; DELETE FROM audit_checkpoints;");
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!(v.problem, Some(AuditProblem::Unanchored));
 }
 
-#[tokio::test]
-async fn sqlite_cutting_off_the_newest_records_is_found() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = chained_store(&dir, 6).await;
-    raw(&store)
-        .execute("DELETE FROM audit_log WHERE seq >= 5", [])
-        .unwrap();
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+async fn cutting_off_the_newest_records_is_found(fx: Fx) {
+    let store = chained(&fx, 6).await;
+    fx.exec("DELETE FROM audit_log WHERE seq >= 5");
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!(v.problem, Some(AuditProblem::Removed { seq: 5 }));
     assert_eq!(v.last_verified_seq, Some(4));
 }
 
-#[tokio::test]
-async fn sqlite_forged_rows_below_a_checkpoint_are_found() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = chained_store(&dir, 6).await;
+async fn forged_rows_below_a_checkpoint_are_found(fx: Fx) {
+    let store = chained(&fx, 6).await;
     store.prune_audit(T0 + Duration::days(1), 3).await.unwrap();
-    raw(&store)
-        .execute(
-            "INSERT INTO audit_log (seq, at_ms, request_id, action, outcome)
+    fx.exec(
+        "INSERT INTO audit_log (seq, at_ms, request_id, action, outcome)
              VALUES (2, 0, 'forged-old', 'read', 'success')",
-            [],
-        )
-        .unwrap();
-    let v = store
-        .verify_audit(std::sync::Arc::new(TestMac))
-        .await
-        .unwrap();
+    );
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!(v.problem, Some(AuditProblem::Inserted { seq: 2 }));
 }
 
-#[tokio::test]
-async fn sqlite_a_cursor_moved_by_hand_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = chained_store(&dir, 6).await;
+async fn a_cursor_moved_by_hand_is_refused(fx: Fx) {
+    let store = chained(&fx, 6).await;
     store.set_audit_cursor("forward", 2).await.unwrap();
     assert_eq!(store.audit_cursor("forward").await.unwrap(), 2);
-    raw(&store)
-        .execute(
-            "UPDATE audit_cursors SET seq = 6 WHERE name = 'forward'",
-            [],
-        )
-        .unwrap();
+    fx.exec("UPDATE audit_cursors SET seq = 6 WHERE name = 'forward'");
     assert!(store.audit_cursor("forward").await.is_err());
 }
 
@@ -1069,10 +933,8 @@ async fn contract_rewrap(store: &dyn SecretStore) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_rewrap() {
-    let dir = tempfile::tempdir().unwrap();
-    contract_rewrap(&sqlite_store(&dir).await).await;
+async fn rewrap(fx: Fx) {
+    contract_rewrap(fx.store.as_ref()).await;
 }
 
 /// A MAC with several key versions, like the vault's after a rotation.
@@ -1100,12 +962,10 @@ impl AuditMac for VersionedMac {
     }
 }
 
-#[tokio::test]
-async fn sqlite_the_chain_verifies_across_a_usage_log_key_rotation() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(&dir).await;
-    let v1 = std::sync::Arc::new(VersionedMac { current: 1 });
-    store.chain_audit(std::sync::Arc::clone(&v1) as _);
+async fn the_chain_verifies_across_a_usage_log_key_rotation(fx: Fx) {
+    let store = Arc::clone(&fx.store);
+    let v1 = Arc::new(VersionedMac { current: 1 });
+    store.chain_audit(Arc::clone(&v1) as _);
     for i in 0..5 {
         store
             .append_audit(audit(AuditAction::Read, &format!("a{i}")))
@@ -1118,8 +978,8 @@ async fn sqlite_the_chain_verifies_across_a_usage_log_key_rotation() {
         .await
         .unwrap();
 
-    let v2 = std::sync::Arc::new(VersionedMac { current: 2 });
-    store.chain_audit(std::sync::Arc::clone(&v2) as _);
+    let v2 = Arc::new(VersionedMac { current: 2 });
+    store.chain_audit(Arc::clone(&v2) as _);
     for i in 0..5 {
         store
             .append_audit(audit(AuditAction::Read, &format!("b{i}")))
@@ -1129,10 +989,7 @@ async fn sqlite_the_chain_verifies_across_a_usage_log_key_rotation() {
     // The cursor and the checkpoint were signed with version 1 and still
     // verify with both versions known.
     assert_eq!(store.audit_cursor("logs").await.unwrap(), 3);
-    let report = store
-        .verify_audit(std::sync::Arc::clone(&v2) as _)
-        .await
-        .unwrap();
+    let report = store.verify_audit(Arc::clone(&v2) as _).await.unwrap();
     assert_eq!(report.problem, None, "{report:?}");
     assert_eq!(report.verified, 8);
 
@@ -1142,12 +999,463 @@ async fn sqlite_the_chain_verifies_across_a_usage_log_key_rotation() {
 
     // The version column is covered: moving a record to another version
     // breaks its MAC.
-    raw(&store)
-        .execute(
-            "UPDATE audit_log SET mac_key = 1 WHERE seq = (SELECT MAX(seq) FROM audit_log) - 1",
-            [],
-        )
-        .unwrap();
+    fx.exec("UPDATE audit_log SET mac_key = 1 WHERE seq = (SELECT MAX(seq) FROM audit_log) - 1");
     let report = store.verify_audit(v2).await.unwrap();
     assert!(report.problem.is_some(), "{report:?}");
 }
+
+/// The backend of a fixture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// A store under test, and what it keeps its data in.
+struct Fx {
+    store: Arc<dyn SecretStore>,
+    kind: Kind,
+    dir: Option<tempfile::TempDir>,
+    db: Option<vault_test_support::TestDatabase>,
+}
+
+impl Fx {
+    async fn new(kind: Kind) -> Option<Self> {
+        match kind {
+            Kind::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let store = sqlite_store(&dir).await;
+                Some(Self {
+                    store: Arc::new(store),
+                    kind,
+                    dir: Some(dir),
+                    db: None,
+                })
+            }
+            Kind::Postgres => {
+                let db = vault_test_support::TestDatabase::create()?;
+                let store = PostgresStore::connect(db.url(), pg_options())
+                    .await
+                    .unwrap();
+                Some(Self {
+                    store: Arc::new(store),
+                    kind,
+                    dir: None,
+                    db: Some(db),
+                })
+            }
+        }
+    }
+
+    /// Another empty store of the same backend.
+    async fn fresh(&self) -> Self {
+        Self::new(self.kind).await.unwrap()
+    }
+
+    /// A second store over the same data (another process, another replica).
+    async fn open_another(&self) -> Arc<dyn SecretStore> {
+        match (&self.dir, &self.db) {
+            (Some(dir), _) => Arc::new(sqlite_store(dir).await),
+            (_, Some(db)) => Arc::new(
+                PostgresStore::connect(db.url(), pg_options())
+                    .await
+                    .unwrap(),
+            ),
+            _ => unreachable!("a fixture has a directory or a database"),
+        }
+    }
+
+    /// Runs SQL statements on the data directly, as an intruder would.
+    fn exec(&self, sql: &str) {
+        match (&self.dir, &self.db) {
+            (Some(dir), _) => rusqlite::Connection::open(sqlite_path(dir))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+            (_, Some(db)) => db.execute(sql).unwrap(),
+            _ => unreachable!("a fixture has a directory or a database"),
+        }
+    }
+
+    /// A literal of bytes, in this backend's SQL.
+    fn blob(&self, hex: &str) -> String {
+        match self.kind {
+            Kind::Sqlite => format!("x'{hex}'"),
+            Kind::Postgres => format!("'\\x{hex}'::bytea"),
+        }
+    }
+}
+
+fn pg_options() -> PostgresOptions {
+    PostgresOptions {
+        pool_size: 4,
+        ..PostgresOptions::default()
+    }
+}
+
+fn sqlite_path(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("data").join("vault.db")
+}
+
+async fn a_failed_usage_log_write_is_an_error_for_its_caller(fx: Fx) {
+    let store = Arc::clone(&fx.store);
+    fx.exec(match fx.kind {
+        Kind::Sqlite => {
+            "CREATE TRIGGER full BEFORE INSERT ON audit_log
+             BEGIN SELECT RAISE(FAIL, 'disk full'); END;"
+        }
+        Kind::Postgres => {
+            "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql
+                 AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+             CREATE TRIGGER disk_full BEFORE INSERT ON audit_log
+                 FOR EACH ROW EXECUTE FUNCTION disk_full();"
+        }
+    });
+    assert!(
+        store
+            .append_audit(audit(AuditAction::Read, "x"))
+            .await
+            .is_err()
+    );
+    // A change whose record cannot be written is not made.
+    let a = addr("slack");
+    assert!(
+        store
+            .put(
+                write(&a, 1, b"x"),
+                None,
+                audit(AuditAction::Store, "s"),
+                None
+            )
+            .await
+            .is_err()
+    );
+    assert!(store.get(&a).await.unwrap().is_none());
+}
+
+async fn survives_reopen_and_migrates_once(fx: Fx) {
+    fx.store
+        .put(
+            write(&addr("slack"), 1, b"kept"),
+            None,
+            audit(AuditAction::Store, "m1"),
+            None,
+        )
+        .await
+        .unwrap();
+    // Several processes opening the same data at once: one migrates, none
+    // fails, nothing is lost.
+    let (s1, s2, s3, s4) = tokio::join!(
+        fx.open_another(),
+        fx.open_another(),
+        fx.open_another(),
+        fx.open_another()
+    );
+    for store in [s1, s2, s3, s4] {
+        assert_eq!(
+            store.get(&addr("slack")).await.unwrap().unwrap().sealed,
+            b"kept"
+        );
+        assert_eq!(store.recent_audit(10).await.unwrap().len(), 1);
+    }
+}
+
+async fn several_writers_keep_one_chain(fx: Fx) {
+    // Two stores over the same data (two replicas) append, store and
+    // delete at once: one chain, one sequence, verifiable.
+    let mac: Arc<dyn AuditMac> = Arc::new(TestMac);
+    let other = fx.open_another().await;
+    fx.store.chain_audit(Arc::clone(&mac));
+    other.chain_audit(Arc::clone(&mac));
+    let mut tasks = Vec::new();
+    for (n, store) in [Arc::clone(&fx.store), other].into_iter().enumerate() {
+        for i in 0..60 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                let a = addr(&format!("r{n}x{i}"));
+                if i % 3 == 0 {
+                    store
+                        .put(
+                            write(&a, 1, b"x"),
+                            None,
+                            audit(AuditAction::Store, "w"),
+                            None,
+                        )
+                        .await
+                        .unwrap();
+                    store
+                        .delete(&a, None, audit(AuditAction::Delete, "d"))
+                        .await
+                        .unwrap();
+                } else {
+                    store
+                        .append_audit(audit(AuditAction::Read, &format!("r{n}-{i}")))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let v = fx.store.verify_audit(mac).await.unwrap();
+    assert_eq!(v.problem, None, "{v:?}");
+    assert_eq!(v.records, v.verified);
+    // 40 reads and 20 stores and deletes through each store.
+    assert_eq!(v.verified, 2 * 40 + 2 * 20 * 2, "{v:?}");
+}
+
+async fn refresh_leases(fx: Fx) {
+    let store = Arc::clone(&fx.store);
+    let ttl = std::time::Duration::from_secs(30);
+    let (a, b) = (addr("slack"), addr("notion"));
+    assert_eq!(
+        store.acquire_refresh_lease(&a, "r1", ttl).await.unwrap(),
+        LeaseOutcome::Missing
+    );
+    for x in [&a, &b] {
+        let mut w = write(x, 1, b"x");
+        w.meta.refresh.refresh_due = Some(T0);
+        store
+            .put(w, None, audit(AuditAction::Store, "s"), None)
+            .await
+            .unwrap();
+    }
+    use LeaseOutcome::{Acquired, Held};
+    assert_eq!(
+        store.acquire_refresh_lease(&a, "r1", ttl).await.unwrap(),
+        Acquired
+    );
+    assert_eq!(
+        store.acquire_refresh_lease(&a, "r2", ttl).await.unwrap(),
+        Held
+    );
+    assert_eq!(
+        store.acquire_refresh_lease(&a, "r1", ttl).await.unwrap(),
+        Acquired,
+        "extended"
+    );
+    // A lease neither changes the version nor survives a delete.
+    assert_eq!(store.get(&a).await.unwrap().unwrap().version, 1);
+    store.release_refresh_lease(&a, "r2").await.unwrap();
+    assert_eq!(
+        store.acquire_refresh_lease(&a, "r2", ttl).await.unwrap(),
+        Held,
+        "not r2's to release"
+    );
+    store.release_refresh_lease(&a, "r1").await.unwrap();
+    assert_eq!(
+        store.acquire_refresh_lease(&a, "r2", ttl).await.unwrap(),
+        Acquired
+    );
+
+    // A holder that stops renewing (a crashed replica) loses the lease.
+    let short = std::time::Duration::from_millis(50);
+    assert_eq!(
+        store
+            .acquire_refresh_lease(&b, "dead", short)
+            .await
+            .unwrap(),
+        Acquired
+    );
+    assert_eq!(
+        store.acquire_refresh_lease(&b, "r1", ttl).await.unwrap(),
+        Held
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    assert_eq!(
+        store.acquire_refresh_lease(&b, "r1", ttl).await.unwrap(),
+        Acquired
+    );
+
+    // Claims skip leased addresses (`a` is r2's, `b` is r1's), the
+    // claimer's own too (those are in flight).
+    let now = T0 + Duration::minutes(1);
+    let names = |v: Vec<SecretAddress>| {
+        v.iter()
+            .map(|a| a.platform().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        store
+            .claim_due_for_refresh(now, 10, "r3", ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.release_refresh_lease(&a, "r2").await.unwrap();
+    assert_eq!(
+        names(
+            store
+                .claim_due_for_refresh(now, 10, "r1", ttl)
+                .await
+                .unwrap()
+        ),
+        ["slack"]
+    );
+    assert!(
+        store
+            .claim_due_for_refresh(now, 10, "r1", ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.acquire_refresh_lease(&a, "r2", ttl).await.unwrap(),
+        Held
+    );
+    // Deleting the secret ends its lease; storing it again starts free.
+    store
+        .delete(&a, None, audit(AuditAction::Delete, "d"))
+        .await
+        .unwrap();
+    store
+        .put(
+            write(&a, 1, b"y"),
+            None,
+            audit(AuditAction::Store, "s"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.acquire_refresh_lease(&a, "r3", ttl).await.unwrap(),
+        Acquired
+    );
+}
+
+async fn concurrent_claims_are_disjoint(fx: Fx) {
+    let store = Arc::clone(&fx.store);
+    let other = fx.open_another().await;
+    for i in 0..200 {
+        let mut w = write(&addr(&format!("p{i:03}")), 1, b"x");
+        w.meta.refresh.refresh_due = Some(T0 + Duration::seconds(i));
+        store
+            .put(w, None, audit(AuditAction::Store, "s"), None)
+            .await
+            .unwrap();
+    }
+    let ttl = std::time::Duration::from_secs(60);
+    let now = T0 + Duration::hours(1);
+    let mut tasks = Vec::new();
+    for (n, s) in [
+        Arc::clone(&store),
+        Arc::clone(&other),
+        Arc::clone(&store),
+        other,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s
+                    .claim_due_for_refresh(now, 7, &format!("h{n}"), ttl)
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    break mine;
+                }
+                mine.extend(got);
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    let mut per_holder = Vec::new();
+    for t in tasks {
+        let mine = t.await.unwrap();
+        per_holder.push(mine.len());
+        all.extend(mine);
+    }
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        (count, all.len()),
+        (200, 200),
+        "every due token claimed once: {per_holder:?}"
+    );
+}
+
+async fn refuses_a_newer_schema(fx: Fx) {
+    match fx.kind {
+        Kind::Sqlite => {
+            let path = sqlite_path(fx.dir.as_ref().unwrap());
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .pragma_update(None, "user_version", 999)
+                .unwrap();
+        }
+        Kind::Postgres => fx.exec("UPDATE vault_schema SET version = 999"),
+    }
+    let err = match fx.kind {
+        Kind::Sqlite => SqliteStore::open(&sqlite_path(fx.dir.as_ref().unwrap()))
+            .await
+            .unwrap_err(),
+        Kind::Postgres => PostgresStore::connect(fx.db.as_ref().unwrap().url(), pg_options())
+            .await
+            .unwrap_err(),
+    };
+    assert!(
+        matches!(err, Error::SchemaTooNew { found: 999, .. }),
+        "{err}"
+    );
+}
+
+/// Runs each named test function against every backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let fx = super::Fx::new(super::Kind::Sqlite).await.unwrap();
+                    super::$name(fx).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(fx) = super::Fx::new(super::Kind::Postgres).await else {
+                        return;
+                    };
+                    super::$name(fx).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    crud,
+    conflicts_change_nothing,
+    concurrent_writers_one_wins,
+    refresh_bookkeeping,
+    engines,
+    rewrap,
+    corrupt_rows_are_errors_not_panics,
+    survives_reopen_and_migrates_once,
+    refuses_a_newer_schema,
+    several_writers_keep_one_chain,
+    refresh_leases,
+    concurrent_claims_are_disjoint,
+    a_failed_usage_log_write_is_an_error_for_its_caller,
+    audit_chain_verifies_when_untouched,
+    audit_chain_detects_a_changed_record,
+    audit_chain_detects_a_removed_record,
+    audit_chain_detects_an_inserted_record,
+    audit_records_before_the_chain_are_counted_apart,
+    audit_query_filters_and_pages,
+    retention_prunes_and_leaves_a_verifiable_checkpoint,
+    the_chain_continues_after_everything_was_pruned,
+    group_commit_keeps_every_record_in_one_chain,
+    stripping_the_chain_is_found,
+    cutting_off_the_newest_records_is_found,
+    forged_rows_below_a_checkpoint_are_found,
+    a_cursor_moved_by_hand_is_refused,
+    the_chain_verifies_across_a_usage_log_key_rotation,
+);

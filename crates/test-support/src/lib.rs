@@ -3,7 +3,8 @@
 //! 6749, Slack's `ok: false` envelope, rotation with reuse detection, no
 //! refresh token in answers, 5xx, 429, slow answers, invalid JSON, dead
 //! grants, error bodies that echo the token) and a webhook receiver; and
-//! [`Moto`], the AWS KMS emulator as a child process.
+//! [`Moto`], the AWS KMS emulator as a child process; and
+//! [`TestDatabase`], a throw-away PostgreSQL database.
 //!
 //! Used by the workspace's tests only; never by the vault itself.
 //!
@@ -14,8 +15,10 @@
 //! ```
 
 mod emulators;
+mod postgres;
 
 pub use emulators::{Moto, free_port, have_tool};
+pub use postgres::{POSTGRES_URL_VAR, TestDatabase};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

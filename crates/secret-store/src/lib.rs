@@ -25,12 +25,14 @@
 
 mod chain;
 mod error;
+mod migrate;
 mod model;
 mod postgres;
 mod sqlite;
 mod store;
 
 pub use error::{Error, Result};
+pub use migrate::{MigrationReport, migrate_sqlite_to_postgres};
 pub use model::{
     AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditProblem, AuditQuery,
     AuditRecord, AuditVerification, EngineRecord, KeyUsage, LeaseOutcome, NewNotification,

@@ -254,13 +254,19 @@ async fn migrate(pool: &Pool) -> Result<()> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
         .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS vault_schema (
-             id      BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (id),
-             version BIGINT  NOT NULL
-         )",
-    )
-    .await?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('vault_schema') IS NOT NULL", &[])
+        .await?
+        .try_get(0)?;
+    if !exists {
+        tx.batch_execute(
+            "CREATE TABLE vault_schema (
+                 id      BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (id),
+                 version BIGINT  NOT NULL
+             )",
+        )
+        .await?;
+    }
     let current: i64 = tx
         .query_opt("SELECT version FROM vault_schema", &[])
         .await?
@@ -589,7 +595,8 @@ async fn write_secret(
                          valid_until_ms = $8, scopes = $9, has_refresh_token = $10,
                          token_type = $11, metadata = $12, updated_at_ms = $13,
                          refresh_due_ms = $14, last_refresh_at_ms = $15, last_error = $16,
-                         failure_count = $17, next_attempt_at_ms = $18
+                         failure_count = $17, next_attempt_at_ms = $18,
+                         lease_holder = NULL, lease_until_ms = NULL
                      WHERE environment = $1 AND project = $2 AND platform = $3
                        AND version = $19",
                 )
@@ -755,6 +762,11 @@ impl PostgresStore {
             options.group_commit_max.max(1),
         ));
         Ok(Self { inner })
+    }
+
+    /// A pooled connection (for the SQLite-to-PostgreSQL copy).
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.inner.client().await
     }
 
     /// Where the store is (user, host, port, database; never the password).

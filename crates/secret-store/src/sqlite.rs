@@ -673,7 +673,8 @@ fn write_secret(tx: &Transaction<'_>, w: &SecretWrite) -> Result<()> {
              updated_at_ms = excluded.updated_at_ms, refresh_due_ms = excluded.refresh_due_ms,
              last_refresh_at_ms = excluded.last_refresh_at_ms, last_error = excluded.last_error,
              failure_count = excluded.failure_count,
-             next_attempt_at_ms = excluded.next_attempt_at_ms",
+             next_attempt_at_ms = excluded.next_attempt_at_ms,
+             lease_holder = NULL, lease_until_ms = NULL",
     )?
     .execute(params![
         a.environment(),
@@ -1148,6 +1149,28 @@ impl SecretStore for SqliteStore {
         let (address, holder) = (address.clone(), holder.to_owned());
         self.with_writer(move |c, _| {
             let now = ms(OffsetDateTime::now_utc());
+            // Already this holder's for at least half its time (a claim by
+            // the background refresher): no write, no commit.
+            let mine: Option<i64> = c
+                .prepare_cached(
+                    "SELECT lease_until_ms FROM secrets
+                     WHERE environment = ?1 AND project = ?2 AND platform = ?3
+                       AND lease_holder = ?4",
+                )?
+                .query_row(
+                    params![
+                        address.environment(),
+                        address.project(),
+                        address.platform(),
+                        holder
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            if mine.is_some_and(|until| until - now >= ttl_ms(ttl) / 2) {
+                return Ok(LeaseOutcome::Acquired);
+            }
             if take_lease(c, &address, &holder, now, ttl)? {
                 return Ok(LeaseOutcome::Acquired);
             }

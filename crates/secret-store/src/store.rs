@@ -26,7 +26,9 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     /// Stores `write` if the current version is `expected` (`None`: no
     /// secret yet); otherwise fails with [`Error::Conflict`](crate::Error::Conflict)
     /// and changes nothing. `write.version` must be `expected + 1` (or 1).
-    /// The audit record and the optional notification commit with it.
+    /// The audit record and the optional notification commit with it. A
+    /// new version ends any refresh lease on the address (whoever waited
+    /// for it finds the version moved on).
     async fn put(
         &self,
         write: SecretWrite,

@@ -1323,6 +1323,20 @@ async fn refresh_leases(fx: Fx) {
         store.acquire_refresh_lease(&a, "r3", ttl).await.unwrap(),
         Acquired
     );
+    // A new version ends the lease too: the refresh it guarded is moot.
+    store
+        .put(
+            write(&a, 2, b"z"),
+            Some(1),
+            audit(AuditAction::Store, "s2"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.acquire_refresh_lease(&a, "r4", ttl).await.unwrap(),
+        Acquired
+    );
 }
 
 async fn concurrent_claims_are_disjoint(fx: Fx) {
@@ -1459,3 +1473,144 @@ conformance!(
     a_cursor_moved_by_hand_is_refused,
     the_chain_verifies_across_a_usage_log_key_rotation,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_vault_migrates_into_postgres_whole() {
+    let Some(db) = vault_test_support::TestDatabase::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let source = sqlite_store(&dir).await;
+    let mac: Arc<dyn AuditMac> = Arc::new(TestMac);
+    source.chain_audit(Arc::clone(&mac));
+    for i in 0..25 {
+        let mut w = write(&addr(&format!("p{i}")), 1, format!("sealed-{i}").as_bytes());
+        w.meta.refresh.refresh_due = Some(T0 + Duration::minutes(i));
+        source
+            .put(w, None, audit(AuditAction::Store, &format!("s{i}")), None)
+            .await
+            .unwrap();
+    }
+    source
+        .update_state(
+            &addr("p3"),
+            1,
+            SecretStatus::ReauthRequired,
+            RefreshState::default(),
+            audit(AuditAction::Refresh, "r"),
+            Some(NewNotification {
+                payload: "{\"event\":\"reauth\"}".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    contract_engines(&source).await;
+    source
+        .add_audit_key(AuditKeyRecord {
+            version: 1,
+            sealed: b"k1".to_vec(),
+            key_id: "local-test".into(),
+            created_at: T0,
+        })
+        .await
+        .unwrap();
+    source.prune_audit(T0 + Duration::days(1), 5).await.unwrap();
+    source.set_audit_cursor("forward", 12).await.unwrap();
+    let before = source.verify_audit(Arc::clone(&mac)).await.unwrap();
+    assert_eq!(before.problem, None);
+
+    let mut seen = Vec::new();
+    let report = migrate_sqlite_to_postgres(source.path(), db.url(), |t, done, total| {
+        seen.push((t.to_owned(), done, total))
+    })
+    .await
+    .unwrap();
+    let rows: std::collections::HashMap<_, _> = report.tables.into_iter().collect();
+    assert_eq!(rows["secrets"], 25);
+    assert_eq!(rows["notifications"], 1);
+    assert_eq!(rows["audit_checkpoints"], 1);
+    assert!(
+        seen.iter()
+            .any(|(t, done, total)| t == "secrets" && *done == 25 && *total == 25)
+    );
+
+    let target = PostgresStore::connect(db.url(), pg_options())
+        .await
+        .unwrap();
+    target.chain_audit(Arc::clone(&mac));
+    for i in 0..25 {
+        let a = addr(&format!("p{i}"));
+        let (x, y) = (
+            source.get(&a).await.unwrap().unwrap(),
+            target.get(&a).await.unwrap().unwrap(),
+        );
+        assert_eq!(
+            (
+                x.version,
+                x.sealed,
+                x.key_id,
+                x.meta,
+                x.created_at,
+                x.updated_at
+            ),
+            (
+                y.version,
+                y.sealed,
+                y.key_id,
+                y.meta,
+                y.created_at,
+                y.updated_at
+            )
+        );
+    }
+    assert_eq!(
+        target.list_engines().await.unwrap(),
+        source.list_engines().await.unwrap()
+    );
+    assert_eq!(
+        target.audit_keys().await.unwrap(),
+        source.audit_keys().await.unwrap()
+    );
+    assert_eq!(target.audit_cursor("forward").await.unwrap(), 12);
+    let after = target.verify_audit(Arc::clone(&mac)).await.unwrap();
+    assert_eq!(after, before, "the usage log verifies as it did");
+    // Both keep going: new records chain on, new notifications get new ids.
+    target
+        .update_state(
+            &addr("p4"),
+            1,
+            SecretStatus::ReauthRequired,
+            RefreshState::default(),
+            audit(AuditAction::Refresh, "r2"),
+            Some(NewNotification {
+                payload: "{}".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    let pending = target
+        .pending_notifications(T0 + Duration::days(9), 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 2);
+    assert_ne!(pending[0].id, pending[1].id);
+    assert_eq!(target.verify_audit(mac).await.unwrap().problem, None);
+
+    // A second copy into a database that holds data is refused, and
+    // changes nothing.
+    let err = migrate_sqlite_to_postgres(source.path(), db.url(), |_, _, _| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    assert_eq!(
+        target
+            .stats()
+            .await
+            .unwrap()
+            .secrets_by_status
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<u64>(),
+        25
+    );
+}

@@ -71,17 +71,27 @@ fn jitter(max: Duration) -> Duration {
 impl TokenManager {
     /// Runs the background refresher until the task is dropped or aborted.
     ///
-    /// Every `interval` it asks the store for tokens whose refresh is due
-    /// (an index lookup: the cost follows the number due) and refreshes them
-    /// with at most `concurrency` in flight, each after a random jitter,
-    /// through the same single-flight path as on-demand refreshes.
+    /// Every `interval` it claims tokens whose refresh is due from the
+    /// store (an index lookup: the cost follows the number due; each claim
+    /// is a refresh lease, so the refreshers of several replicas sharing a
+    /// database take disjoint sets) and refreshes them with at most
+    /// `concurrency` in flight, each after a random jitter, through the same
+    /// single-flight path as on-demand refreshes.
     pub async fn run_refresher(self, config: RefresherConfig) {
         let in_flight: Arc<Mutex<HashSet<SecretAddress>>> = Arc::default();
         let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+        // Claims a few rounds of work at a time, so that claimed tokens do
+        // not wait in this queue while other replicas sit idle.
+        let claim = config
+            .batch
+            .min(u32::try_from(config.concurrency.saturating_mul(4)).unwrap_or(u32::MAX))
+            .max(1);
         loop {
             let now = self.now();
-            match self.secret_store().due_for_refresh(now, config.batch).await {
+            let mut full = false;
+            match self.claim_due(now, claim).await {
                 Ok(due) => {
+                    full = due.len() as u32 >= claim;
                     for address in due {
                         let fresh = in_flight
                             .lock()
@@ -106,12 +116,23 @@ impl TokenManager {
                             if let Ok(_permit) = permits.acquire().await {
                                 this.refresh_if_due(&address).await;
                             }
+                            this.release_claim(&address).await;
                         });
                     }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "background refresher could not list due tokens")
                 }
+            }
+            if full {
+                // More may be due: look again once the queue is down to
+                // what runs at once.
+                while in_flight.lock().unwrap_or_else(|e| e.into_inner()).len()
+                    >= config.concurrency.max(1)
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                continue;
             }
             tokio::time::sleep(config.interval).await;
         }

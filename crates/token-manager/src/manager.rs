@@ -44,6 +44,10 @@ pub struct RefreshPolicy {
     pub backoff_base: Duration,
     /// Longest backoff.
     pub backoff_max: Duration,
+    /// How long a process may hold a token's refresh lease (shared through
+    /// the store by every replica) before the others take it over, assuming
+    /// it died. Longer than a provider call's timeout plus the write.
+    pub lease: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -54,6 +58,7 @@ impl Default for RefreshPolicy {
             force_cooldown: Duration::from_secs(10),
             backoff_base: Duration::from_secs(5),
             backoff_max: Duration::from_secs(900),
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -77,6 +82,9 @@ pub(crate) struct Inner {
     pub(crate) metrics: TokenMetrics,
     /// Whether reads are recorded (always, outside benchmarks).
     pub(crate) audit_reads: bool,
+    /// Who this process is when it holds refresh leases: unique per
+    /// process start, so a restarted replica does not inherit a lease.
+    pub(crate) holder: String,
 }
 
 /// The token manager's own metrics.
@@ -178,6 +186,11 @@ impl TokenManagerBuilder {
                 unpersisted: Mutex::default(),
                 metrics: TokenMetrics::default(),
                 audit_reads: self.audit_reads,
+                holder: format!(
+                    "{}-{:016x}",
+                    std::process::id(),
+                    vault_encryption_layer::random_u64().unwrap_or(0)
+                ),
             }),
         }
     }

@@ -2,7 +2,8 @@
 //! backoff after failures, `reauth_required` when the grant is dead.
 
 use vault_secret_store::{
-    AuditAction, AuditOutcome, RefreshState, SecretMeta, SecretStatus, SecretWrite, StoredSecret,
+    AuditAction, AuditOutcome, LeaseOutcome, RefreshState, SecretMeta, SecretStatus, SecretWrite,
+    StoredSecret,
 };
 use vault_types::SecretAddress;
 
@@ -37,18 +38,42 @@ impl TokenManager {
         let lock = self.inner.locks.get(address);
         let _guard = lock.lock().await;
 
-        let stored = self.current(address).await?;
-        let token = self.open(&stored).await?;
-        if stored.version != seen_version {
-            return Ok((stored, token));
+        let (stored, token) = match self.take_lease(address, seen_version).await? {
+            Leased::Done(done) => return Ok(done),
+            Leased::Mine(stored, token) => (stored, token),
+        };
+        let result = self
+            .refresh_leased(ctx, &provider, &platform, stored, token)
+            .await;
+        let holder = &self.inner.holder;
+        if let Err(e) = self
+            .inner
+            .store
+            .release_refresh_lease(address, holder)
+            .await
+        {
+            // It runs out on its own; others wait until then.
+            tracing::warn!(address = %address, error = %e, "could not give a refresh lease back");
         }
+        result
+    }
+
+    /// Checks whether `stored` (still the version the caller saw) may be
+    /// refreshed now.
+    fn check_refreshable(&self, stored: &StoredSecret, platform: &str) -> Result<()> {
         if stored.meta.status == SecretStatus::ReauthRequired {
-            return Err(Error::ReauthRequired { platform });
+            return Err(Error::ReauthRequired {
+                platform: platform.to_owned(),
+            });
         }
-        let now = self.now();
-        if stored.meta.refresh.next_attempt_at.is_some_and(|n| n > now) {
+        if stored
+            .meta
+            .refresh
+            .next_attempt_at
+            .is_some_and(|n| n > self.now())
+        {
             return Err(Error::RefreshFailed {
-                platform,
+                platform: platform.to_owned(),
                 kind: stored
                     .meta
                     .refresh
@@ -57,12 +82,89 @@ impl TokenManager {
                     .unwrap_or_else(|| "backoff".into()),
             });
         }
+        Ok(())
+    }
+
+    /// Takes the refresh lease of `address` in the store, which every
+    /// process sharing the store honours: exactly one of them calls the
+    /// provider. While another holds it, waits for that holder's committed
+    /// result (the version moves on) and returns it instead; a holder that
+    /// died lets its lease run out, and then this one takes over.
+    async fn take_lease(&self, address: &SecretAddress, seen_version: u64) -> Result<Leased> {
+        let platform = address.platform();
+        let holder = &self.inner.holder;
+        let ttl = self.inner.policy.lease;
+        let give_up = std::time::Instant::now() + ttl * 2 + std::time::Duration::from_secs(1);
+        let mut delay = std::time::Duration::from_millis(5);
+        loop {
+            let stored = self.current(address).await?;
+            if stored.version != seen_version {
+                let token = self.open(&stored).await?;
+                return Ok(Leased::Done((stored, token)));
+            }
+            self.check_refreshable(&stored, platform)?;
+            match self
+                .inner
+                .store
+                .acquire_refresh_lease(address, holder, ttl)
+                .await?
+            {
+                LeaseOutcome::Acquired => {
+                    // The previous holder may have committed and let go
+                    // between the read above and this lease: read again
+                    // under the lease before calling the provider.
+                    let checked = async {
+                        let stored = self.current(address).await?;
+                        let token = self.open(&stored).await?;
+                        if stored.version != seen_version {
+                            return Ok(Leased::Done((stored, token)));
+                        }
+                        self.check_refreshable(&stored, platform)?;
+                        Ok(Leased::Mine(stored, token))
+                    }
+                    .await;
+                    if !matches!(checked, Ok(Leased::Mine(..))) {
+                        let _ = self
+                            .inner
+                            .store
+                            .release_refresh_lease(address, holder)
+                            .await;
+                    }
+                    return checked;
+                }
+                LeaseOutcome::Missing => return Err(Error::NotFound(address.to_string())),
+                LeaseOutcome::Held => {
+                    if std::time::Instant::now() >= give_up {
+                        return Err(Error::RefreshFailed {
+                            platform: platform.to_owned(),
+                            kind: "refresh_in_progress".into(),
+                        });
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// The refresh itself, under the lease: stores tokens refreshed earlier
+    /// but not yet stored, or calls the provider and commits its answer.
+    async fn refresh_leased(
+        &self,
+        ctx: &RequestContext,
+        provider: &std::sync::Arc<dyn crate::provider::Provider>,
+        platform: &str,
+        stored: StoredSecret,
+        token: SealedToken,
+    ) -> Result<(StoredSecret, SealedToken)> {
+        let address = stored.address.clone();
+        let platform = platform.to_owned();
         let stashed = self
             .inner
             .unpersisted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(address);
+            .remove(&address);
         if let Some((base, refreshed)) = stashed
             && base == stored.version
         {
@@ -466,6 +568,33 @@ impl TokenManager {
         }
     }
 
+    /// Claims up to `limit` tokens due at `now` for this process (their
+    /// refresh leases), skipping those another process holds.
+    pub(crate) async fn claim_due(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<SecretAddress>> {
+        Ok(self
+            .inner
+            .store
+            .claim_due_for_refresh(now, limit, &self.inner.holder, self.inner.policy.lease)
+            .await?)
+    }
+
+    /// Gives back a claimed lease that no refresh used (the token was no
+    /// longer due); a no-op when the refresh already gave it back.
+    pub(crate) async fn release_claim(&self, address: &SecretAddress) {
+        if let Err(e) = self
+            .inner
+            .store
+            .release_refresh_lease(address, &self.inner.holder)
+            .await
+        {
+            tracing::debug!(address = %address, error = %e, "could not give a claim back");
+        }
+    }
+
     /// Writes refresh bookkeeping after a background attempt that did not
     /// reach the provider.
     async fn park(
@@ -505,7 +634,7 @@ impl TokenManager {
     /// background refresher, without its jitter or schedule (for tools,
     /// tests and benchmarks).
     pub async fn refresh_due_now(&self, concurrency: usize, batch: u32) -> Result<usize> {
-        let due = self.inner.store.due_for_refresh(self.now(), batch).await?;
+        let due = self.claim_due(self.now(), batch).await?;
         let count = due.len();
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
         let mut tasks = Vec::with_capacity(count);
@@ -516,6 +645,7 @@ impl TokenManager {
                 if let Ok(_p) = permits.acquire().await {
                     this.refresh_if_due(&address).await;
                 }
+                this.release_claim(&address).await;
             }));
         }
         for t in tasks {
@@ -523,6 +653,14 @@ impl TokenManager {
         }
         Ok(count)
     }
+}
+
+/// What waiting for a refresh lease came to.
+enum Leased {
+    /// Another process refreshed meanwhile: its committed result.
+    Done((StoredSecret, SealedToken)),
+    /// This process holds the lease; the secret as read under it.
+    Mine(StoredSecret, SealedToken),
 }
 
 /// Runs a closure when dropped (also while unwinding from a panic).

@@ -669,10 +669,12 @@ async fn refreshed_tokens_the_store_refused_are_kept_and_written_later() {
     let f = fixture().await;
     f.store("acme", Some(60)).await;
     f.clock.advance(Duration::seconds(60));
-    // The database refuses every update of the row (a full disk, say).
+    // The database refuses every new version of the row (a full disk,
+    // say, after the refresh lease was taken).
     let conn = rusqlite::Connection::open(f._dir.path().join("vault.db")).unwrap();
     conn.execute_batch(
-        "CREATE TRIGGER refuse BEFORE UPDATE ON secrets BEGIN SELECT RAISE(FAIL, 'refused'); END;",
+        "CREATE TRIGGER refuse BEFORE UPDATE OF version ON secrets
+         BEGIN SELECT RAISE(FAIL, 'refused'); END;",
     )
     .unwrap();
     let err = f.fetch("acme").await.unwrap_err();

@@ -1,0 +1,222 @@
+//! Several token managers over one store, as several vault replicas over
+//! one database: one provider call per due token, whatever the number of
+//! replicas asking. Each test runs on a shared SQLite file and on a fresh
+//! PostgreSQL database (`VAULT_TEST_POSTGRES_URL`; skipped loudly without).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use time::Duration;
+use vault_encryption_layer::{Envelope, KeyProvider, LocalKeyProvider};
+use vault_secret_store::{LeaseOutcome, PostgresOptions, PostgresStore, SecretStore, SqliteStore};
+use vault_test_support::{CLIENT_ID, CLIENT_SECRET, FakeProvider, TestDatabase};
+use vault_token_manager::provider::{ProviderConfig, ProviderDefinition, ProviderRegistry};
+use vault_token_manager::{RefreshPolicy, RequestContext, StoreRequest, TokenData, TokenManager};
+use vault_types::{Clock, ManualClock, Secret, SecretAddress};
+
+enum Data {
+    Sqlite(tempfile::TempDir),
+    Postgres(TestDatabase),
+}
+
+/// `n` replicas over one store, one key, one clock and one provider.
+struct Replicas {
+    data: Data,
+    clock: Arc<ManualClock>,
+    provider: FakeProvider,
+    replicas: Vec<TokenManager>,
+}
+
+fn addr(i: usize) -> SecretAddress {
+    SecretAddress::new("prod", &format!("pf_{i}"), "acme").unwrap()
+}
+
+fn ctx() -> RequestContext {
+    RequestContext::new("t", Some("execution".into()))
+}
+
+impl Replicas {
+    async fn start(postgres: bool, n: usize, lease: StdDuration) -> Option<Self> {
+        let data = if postgres {
+            Data::Postgres(TestDatabase::create()?)
+        } else {
+            Data::Sqlite(tempfile::tempdir().unwrap())
+        };
+        let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+        let provider = FakeProvider::start();
+        let key: Arc<dyn KeyProvider> = Arc::new(LocalKeyProvider::generate().unwrap());
+        let mut replicas = Vec::new();
+        for _ in 0..n {
+            let store: Arc<dyn SecretStore> = match &data {
+                Data::Sqlite(dir) => Arc::new(
+                    SqliteStore::open(&dir.path().join("vault.db"))
+                        .await
+                        .unwrap(),
+                ),
+                Data::Postgres(db) => Arc::new(
+                    PostgresStore::connect(
+                        db.url(),
+                        PostgresOptions {
+                            pool_size: 8,
+                            ..PostgresOptions::default()
+                        },
+                    )
+                    .await
+                    .unwrap(),
+                ),
+            };
+            let acme = ProviderDefinition::generic("acme", Some(provider.url("/token")), None);
+            let registry = ProviderRegistry::from_configs(
+                vec![ProviderConfig {
+                    definition: acme,
+                    client_id: Some(CLIENT_ID.into()),
+                    client_secret: Some(Secret::from(CLIENT_SECRET)),
+                }],
+                StdDuration::from_secs(10),
+            )
+            .unwrap();
+            replicas.push(
+                TokenManager::builder(
+                    store,
+                    Envelope::new(Arc::clone(&key)),
+                    Arc::clone(&clock) as Arc<dyn Clock>,
+                )
+                .providers(registry)
+                .refresh_policy(RefreshPolicy {
+                    lease,
+                    ..RefreshPolicy::default()
+                })
+                .build(),
+            );
+        }
+        Some(Self {
+            data,
+            clock,
+            provider,
+            replicas,
+        })
+    }
+
+    async fn store(&self, i: usize, expires_in: u64) {
+        let mut t = TokenData::new(Secret::from(format!("at-original-{i}")));
+        t.refresh_token = Some(Secret::from(format!("rt-original-{i}")));
+        t.expires_in = Some(expires_in);
+        self.replicas[0]
+            .store(&ctx(), StoreRequest::new(addr(i), t))
+            .await
+            .unwrap();
+    }
+}
+
+async fn one_expired_token_is_refreshed_once_by_three_replicas(postgres: bool) {
+    let Some(r) = Replicas::start(postgres, 3, StdDuration::from_secs(30)).await else {
+        return;
+    };
+    r.store(0, 3600).await;
+    r.provider.set_delay(StdDuration::from_millis(200));
+    r.clock.advance(Duration::seconds(4000));
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let tokens = r.replicas[i % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            tokens.fetch(&ctx(), &addr(0), &[]).await
+        }));
+    }
+    for t in tasks {
+        let token = t.await.unwrap().unwrap();
+        assert_eq!(token.access_token.expose(), "at-refreshed-1");
+    }
+    assert_eq!(r.provider.refresh_calls(), 1);
+}
+
+async fn background_refreshers_split_the_due_tokens(postgres: bool) {
+    let Some(r) = Replicas::start(postgres, 3, StdDuration::from_secs(30)).await else {
+        return;
+    };
+    for i in 0..60 {
+        r.store(i, 3600).await;
+    }
+    r.provider.set_delay(StdDuration::from_millis(20));
+    r.clock.advance(Duration::seconds(3500));
+    let mut passes = Vec::new();
+    for tokens in &r.replicas {
+        let tokens = tokens.clone();
+        passes.push(tokio::spawn(async move {
+            tokens.refresh_due_now(4, 1000).await.unwrap()
+        }));
+    }
+    let mut claimed = Vec::new();
+    for p in passes {
+        claimed.push(p.await.unwrap());
+    }
+    assert_eq!(
+        claimed.iter().sum::<usize>(),
+        60,
+        "disjoint claims: {claimed:?}"
+    );
+    assert_eq!(
+        r.provider.refresh_calls(),
+        60,
+        "one provider call per due token"
+    );
+    let store = r.replicas[1].secret_store();
+    for i in 0..60 {
+        assert_eq!(store.get(&addr(i)).await.unwrap().unwrap().version, 2);
+    }
+}
+
+async fn a_dead_replicas_lease_runs_out_and_another_refreshes(postgres: bool) {
+    let lease = StdDuration::from_millis(800);
+    let Some(r) = Replicas::start(postgres, 2, lease).await else {
+        return;
+    };
+    r.store(0, 3600).await;
+    r.clock.advance(Duration::seconds(4000));
+    // A replica took the lease and died before calling the provider.
+    let store = r.replicas[0].secret_store();
+    assert_eq!(
+        store
+            .acquire_refresh_lease(&addr(0), "crashed-replica", lease)
+            .await
+            .unwrap(),
+        LeaseOutcome::Acquired
+    );
+    let started = std::time::Instant::now();
+    let token = r.replicas[1].fetch(&ctx(), &addr(0), &[]).await.unwrap();
+    assert_eq!(token.access_token.expose(), "at-refreshed-1");
+    assert_eq!(r.provider.refresh_calls(), 1);
+    assert!(
+        started.elapsed() >= lease / 2,
+        "the refresh waited for the lease to run out"
+    );
+    drop(r.data);
+}
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(false).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(true).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    one_expired_token_is_refreshed_once_by_three_replicas,
+    background_refreshers_split_the_due_tokens,
+    a_dead_replicas_lease_runs_out_and_another_refreshes,
+);

@@ -57,6 +57,16 @@ pub enum Command {
         /// The backup file.
         file: PathBuf,
     },
+    /// Copy this vault's SQLite database into an empty PostgreSQL database
+    /// (all or nothing; sealed values, engines and the usage log move as
+    /// they are), then check that it opens with the configured keys.
+    /// Stop the server first: changes made during the copy are not in it.
+    Migrate {
+        /// The PostgreSQL connection string (`postgres://user:password@host/db`);
+        /// better given through VAULT_MIGRATE_TO than on the command line.
+        #[arg(long, env = "VAULT_MIGRATE_TO", hide_env_values = true)]
+        to: String,
+    },
     /// Import tokens from a JSON-lines file (one store request per line).
     /// Every line is validated first; one bad line and nothing is imported.
     Import {
@@ -156,6 +166,7 @@ pub fn main() -> ExitCode {
         Command::Keys(cmd) => crate::keys::run(cli.config.as_deref(), cmd),
         Command::Backup { file } => crate::keys::backup(cli.config.as_deref(), &file),
         Command::Restore { file } => crate::keys::restore(cli.config.as_deref(), &file),
+        Command::Migrate { to } => crate::migrate::run(cli.config.as_deref(), &to),
         Command::Import {
             file,
             dry_run,

@@ -307,6 +307,10 @@ pub struct RefreshConfig {
     /// Timeout of every call to a provider.
     #[serde(default = "default_http_timeout")]
     pub http_timeout_secs: u64,
+    /// How long a replica may hold a token's refresh lease before the
+    /// others assume it died and take over; longer than a provider call.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
 }
 
 impl Default for RefreshConfig {
@@ -323,6 +327,7 @@ impl Default for RefreshConfig {
             backoff_base_secs: default_backoff_base(),
             backoff_max_secs: default_backoff_max(),
             http_timeout_secs: default_http_timeout(),
+            lease_secs: default_lease(),
         }
     }
 }
@@ -393,6 +398,8 @@ pub struct TlsConfig {
 pub enum StorageBackend {
     /// One SQLite file (the embedded default).
     Sqlite,
+    /// A PostgreSQL database shared by any number of replicas.
+    Postgres,
 }
 
 /// `[storage]`.
@@ -405,6 +412,14 @@ pub struct StorageConfig {
     /// SQLite file; default `<data_dir>/vault.db`.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// PostgreSQL connection string for `backend = "postgres"`
+    /// (`postgres://user:password@host:5432/vault`). Keep the password
+    /// out of the file: set it through `VAULT__STORAGE__URL`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Most PostgreSQL connections this replica opens.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
 }
 
 impl Default for StorageConfig {
@@ -412,6 +427,8 @@ impl Default for StorageConfig {
         Self {
             backend: default_backend(),
             path: None,
+            url: None,
+            pool_size: default_pool_size(),
         }
     }
 }
@@ -606,6 +623,12 @@ fn default_bind() -> String {
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
+fn default_pool_size() -> usize {
+    16
+}
+fn default_lease() -> u64 {
+    30
+}
 fn default_backend() -> StorageBackend {
     StorageBackend::Sqlite
 }
@@ -797,6 +820,38 @@ impl Config {
                     .into(),
             ));
         }
+        if r.lease_secs <= r.http_timeout_secs || r.lease_secs > 3600 {
+            return Err(ConfigError::Invalid(
+                "refresh: lease_secs must be longer than http_timeout_secs (a refresh must \
+                 finish inside its lease) and at most 3600"
+                    .into(),
+            ));
+        }
+        let st = &self.storage;
+        match st.backend {
+            StorageBackend::Sqlite => {}
+            StorageBackend::Postgres => {
+                let url = st.url.as_deref().ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "storage: backend = \"postgres\" needs storage.url \
+                         (or VAULT__STORAGE__URL)"
+                            .into(),
+                    )
+                })?;
+                vault_secret_store::parse_postgres_url(url).map_err(|_| {
+                    ConfigError::Invalid(
+                        "storage.url is not a PostgreSQL connection string \
+                         (postgres://user:password@host:5432/db)"
+                            .into(),
+                    )
+                })?;
+            }
+        }
+        if st.pool_size == 0 || st.pool_size > 1000 {
+            return Err(ConfigError::Invalid(
+                "storage.pool_size must be between 1 and 1000".into(),
+            ));
+        }
         if !(0.0..=1.0).contains(&r.margin_ratio) {
             return Err(ConfigError::Invalid(
                 "refresh.margin_ratio must be between 0 and 1".into(),
@@ -943,12 +998,20 @@ impl Config {
     }
 
     /// The effective configuration as TOML, for `config check`: engine
-    /// token hashes are masked (the configuration holds no other secret;
-    /// client secrets and keys are named by variable or file only).
+    /// token hashes and the database password are masked (the
+    /// configuration holds no other secret; client secrets and keys are
+    /// named by variable or file only).
     pub fn effective_toml(&self) -> Result<String, ConfigError> {
         let mut shown = self.clone();
         for engine in &mut shown.engines {
             engine.token_sha256 = "[redacted]".into();
+        }
+        if let Some(url) = &mut shown.storage.url {
+            // The connection string may carry a password.
+            *url = format!(
+                "{} (password, if any, redacted)",
+                vault_secret_store::describe_postgres_url(url)
+            );
         }
         toml::to_string_pretty(&shown).map_err(|e| ConfigError::Invalid(e.to_string()))
     }
@@ -1072,6 +1135,27 @@ mod tests {
             Config::from_toml(&shown).is_ok(),
             "the output is a valid configuration"
         );
+    }
+
+    #[test]
+    fn postgres_storage_needs_a_url_and_its_password_is_masked() {
+        let err = Config::from_toml("[storage]\nbackend = \"postgres\"").unwrap_err();
+        assert!(err.to_string().contains("storage.url"), "{err}");
+        let err = Config::from_toml("[storage]\nbackend = \"postgres\"\nurl = \"not a url ://\"")
+            .unwrap_err();
+        assert!(err.to_string().contains("connection string"), "{err}");
+        let c = Config::from_toml(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://vault:pw-SECRET@db:5432/vault\"\npool_size = 8",
+        )
+        .unwrap();
+        assert_eq!(c.storage.pool_size, 8);
+        let shown = c.effective_toml().unwrap();
+        assert!(!shown.contains("pw-SECRET"), "{shown}");
+        assert!(shown.contains("postgres://vault@db:5432/vault"), "{shown}");
+        // A lease shorter than a provider call is refused.
+        let err =
+            Config::from_toml("[refresh]\nhttp_timeout_secs = 10\nlease_secs = 5").unwrap_err();
+        assert!(err.to_string().contains("lease_secs"), "{err}");
     }
 
     #[test]

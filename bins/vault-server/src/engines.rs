@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use vault_access_resolver::{Grant, token_sha256_hex};
-use vault_secret_store::{EngineRecord, SecretStore, SqliteStore};
+use vault_secret_store::{EngineRecord, SecretStore};
 use vault_types::validate_identifier;
 
 use crate::cli::EngineCommand;
-use crate::config::{Config, StorageBackend};
+use crate::config::Config;
 
 /// Runs an engine command; the process exit code.
 pub fn run(config_path: Option<&Path>, cmd: EngineCommand) -> ExitCode {
@@ -29,12 +29,9 @@ pub fn run(config_path: Option<&Path>, cmd: EngineCommand) -> ExitCode {
 }
 
 async fn open(config: &Config) -> Result<Arc<dyn SecretStore>, String> {
-    match config.storage.backend {
-        StorageBackend::Sqlite => SqliteStore::open(&config.database_path())
-            .await
-            .map(|s| Arc::new(s) as Arc<dyn SecretStore>)
-            .map_err(|e| format!("opening the database: {e}")),
-    }
+    crate::startup::open_store(config)
+        .await
+        .map_err(|e| format!("opening the database: {e}"))
 }
 
 fn new_token() -> Result<String, String> {

@@ -122,13 +122,17 @@ async fn execute(config: &Config, cmd: KeysCommand) -> Result<ExitCode, String> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// Backup and restore copy the SQLite file; PostgreSQL has its own tools.
+const POSTGRES_BACKUP: &str = "backup and restore copy the SQLite file; for storage.backend = \
+    \"postgres\" use pg_dump and pg_restore (see docs/deployment.md)";
+
 /// `vault-server backup <file>`: a consistent online copy of the database
 /// (ciphertext only; the master key is never in it).
 pub fn backup(config_path: Option<&Path>, file: &Path) -> ExitCode {
     let file = file.to_owned();
     crate::cli::run_tool(config_path, |config| async move {
-        match config.storage.backend {
-            StorageBackend::Sqlite => {}
+        if config.storage.backend == StorageBackend::Postgres {
+            return Err(POSTGRES_BACKUP.to_owned());
         }
         let source = config.database_path();
         let mut progress = Progress::new("backup", None);
@@ -155,6 +159,9 @@ pub fn backup(config_path: Option<&Path>, file: &Path) -> ExitCode {
 pub fn restore(config_path: Option<&Path>, file: &Path) -> ExitCode {
     let file = file.to_owned();
     crate::cli::run_tool(config_path, |config| async move {
+        if config.storage.backend == StorageBackend::Postgres {
+            return Err(POSTGRES_BACKUP.to_owned());
+        }
         let dest = config.database_path();
         if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -27,6 +27,7 @@ pub mod config;
 pub mod engines;
 pub mod import;
 pub mod keys;
+pub mod migrate;
 pub mod progress;
 pub mod startup;
 pub mod telemetry;

@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 /// Shows how far a long operation is, on standard error.
 #[derive(Debug)]
 pub struct Progress {
-    what: &'static str,
+    what: std::borrow::Cow<'static, str>,
     bar: Option<indicatif::ProgressBar>,
     last_line: Instant,
 }
 
 impl Progress {
     /// Progress of `what` (e.g. "rewrap"), out of `total` units if known.
-    pub fn new(what: &'static str, total: Option<u64>) -> Self {
+    pub fn new(what: impl Into<std::borrow::Cow<'static, str>>, total: Option<u64>) -> Self {
+        let what = what.into();
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = match total {
                 Some(t) => indicatif::ProgressBar::new(t),
@@ -25,7 +26,7 @@ impl Progress {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
             bar.set_style(style.progress_chars("=> "));
-            bar.set_message(what);
+            bar.set_message(what.clone());
             bar
         });
         Self {

@@ -19,7 +19,7 @@ use vault_encryption_layer::{
     AwsCredentials, AwsKmsConfig, AwsKmsProvider, CacheLimits, CachingKeyProvider, Envelope,
     KeyProvider, LocalKeyProvider, TransitConfig, TransitProvider,
 };
-use vault_secret_store::{SecretStore, SqliteStore};
+use vault_secret_store::{PostgresOptions, PostgresStore, SecretStore, SqliteStore};
 use zeroize::Zeroizing;
 
 use vault_token_manager::provider::{ProviderConfig, ProviderRegistry};
@@ -183,12 +183,23 @@ impl std::fmt::Debug for Application {
     }
 }
 
-async fn open_store(config: &Config) -> Result<Arc<dyn SecretStore>, StartupError> {
+/// Opens the configured store (running its migrations).
+pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn SecretStore>, StartupError> {
     match config.storage.backend {
         StorageBackend::Sqlite => {
             let path = config.database_path();
             let store = SqliteStore::open(&path).await?;
             tracing::info!(path = %path.display(), "opened SQLite store");
+            Ok(Arc::new(store))
+        }
+        StorageBackend::Postgres => {
+            let url = config.storage.url.as_deref().unwrap_or_default();
+            let options = PostgresOptions {
+                pool_size: config.storage.pool_size,
+                ..PostgresOptions::default()
+            };
+            let store = PostgresStore::connect(url, options).await?;
+            tracing::info!(target = %store.target(), "opened PostgreSQL store");
             Ok(Arc::new(store))
         }
     }
@@ -649,6 +660,7 @@ fn refresh_policy(config: &Config) -> RefreshPolicy {
         force_cooldown: Duration::from_secs(r.force_cooldown_secs),
         backoff_base: Duration::from_secs(r.backoff_base_secs),
         backoff_max: Duration::from_secs(r.backoff_max_secs),
+        lease: Duration::from_secs(r.lease_secs),
     }
 }
 

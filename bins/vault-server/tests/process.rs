@@ -1184,3 +1184,211 @@ fn aws_kms_as_the_master_key_and_a_start_without_it_is_refused() {
     assert!(err.contains("aws-kms key provider does not work"), "{err}");
     assert!(!err.contains("aws-secret-marker"), "{err}");
 }
+
+/// A config for replicas sharing the PostgreSQL database at `url`: one
+/// engine `ie` with every grant (token `ie-token`), provider `acme` at the
+/// fake, no background refresher (the tests drive the refreshes).
+fn replica_config(
+    dir: &Path,
+    url: &str,
+    fake: &vault_test_support::FakeProvider,
+    refresh: &str,
+) -> std::path::PathBuf {
+    let secret = dir.join("client.secret");
+    std::fs::write(&secret, vault_test_support::CLIENT_SECRET).unwrap();
+    let config = dir.join("replica.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+data_dir = "{data}"
+[storage]
+backend = "postgres"
+url = "{url}"
+pool_size = 4
+[[engines]]
+id = "ie"
+token_sha256 = "{hash}"
+grants = ["*:*:*:*"]
+[providers.acme]
+kind = "oauth2"
+token_url = "{token}"
+client_id = "{id}"
+client_secret_file = "{secret}"
+[refresh]
+background = false
+{refresh}
+"#,
+            data = dir.join("shared-data").display(),
+            hash = vault_access_resolver::token_sha256_hex("ie-token"),
+            token = fake.url("/token"),
+            id = vault_test_support::CLIENT_ID,
+            secret = secret.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn as_ie(req: reqwest::blocking::RequestBuilder) -> reqwest::blocking::Response {
+    req.header("X-Engine-Id", "ie")
+        .bearer_auth("ie-token")
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn three_replicas_on_postgres_refresh_an_expired_token_exactly_once() {
+    let Some(db) = vault_test_support::TestDatabase::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fake = vault_test_support::FakeProvider::start();
+    let config = replica_config(dir.path(), db.url(), &fake, "");
+    let envs = [("VAULT_CONFIG", config.to_str().unwrap())];
+    // The first creates the key and the schema; the others join.
+    let first = start(dir.path(), &envs).unwrap();
+    let replicas = [
+        first,
+        start(dir.path(), &envs).unwrap(),
+        start(dir.path(), &envs).unwrap(),
+    ];
+    let stored = as_ie(
+        client()
+            .post(format!("{}/vault/store", replicas[1].base))
+            .json(&acme(1)),
+    );
+    assert_eq!(stored.status().as_u16(), 201);
+    std::thread::sleep(Duration::from_millis(1500));
+    fake.set_delay(Duration::from_millis(300));
+
+    // 300 GETs of the expired token at once, spread over the replicas.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+    let answers = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let calls = (0..300).map(|i| {
+            let req = http
+                .get(format!("{}/vault/token/pf_1/acme", bases[i % 3]))
+                .header("X-Engine-Id", "ie")
+                .bearer_auth("ie-token");
+            async move {
+                let r = req.send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }
+        });
+        futures_util::future::join_all(calls).await
+    });
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["access_token"], "at-refreshed-1");
+    }
+    assert_eq!(fake.refresh_calls(), 1, "one provider call for 300 reads");
+
+    // Every replica appended to one usage log, and it verifies.
+    let (code, out, err) = cli(dir.path(), &envs, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    drop(replicas);
+}
+
+#[test]
+fn a_replica_killed_while_holding_the_refresh_lease_is_taken_over() {
+    let Some(db) = vault_test_support::TestDatabase::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fake = vault_test_support::FakeProvider::start();
+    let config = replica_config(
+        dir.path(),
+        db.url(),
+        &fake,
+        "http_timeout_secs = 4\nlease_secs = 5",
+    );
+    let envs = [("VAULT_CONFIG", config.to_str().unwrap())];
+    let a = start(dir.path(), &envs).unwrap();
+    let b = start(dir.path(), &envs).unwrap();
+    let stored = as_ie(
+        client()
+            .post(format!("{}/vault/store", a.base))
+            .json(&acme(1)),
+    );
+    assert_eq!(stored.status().as_u16(), 201);
+    std::thread::sleep(Duration::from_millis(1500));
+    fake.set_delay(Duration::from_millis(2000));
+    // A provider that rotates refresh tokens would have rotated this one
+    // away in the call the killed replica never saw answered (the grant
+    // is then dead, as it would be for a single node); this one does not.
+    fake.set_rotate(false);
+
+    // `a` takes the lease and calls the provider; it dies mid-call.
+    let url = format!("{}/vault/token/pf_1/acme", a.base);
+    let pending = std::thread::spawn(move || {
+        client()
+            .get(url)
+            .header("X-Engine-Id", "ie")
+            .bearer_auth("ie-token")
+            .send()
+            .is_err()
+    });
+    wait_until("a's provider call", || fake.refresh_calls() == 1);
+    a.signal("-KILL");
+    assert!(
+        pending.join().unwrap(),
+        "the request to the killed replica failed"
+    );
+
+    // `b` waits out the dead replica's lease, then refreshes once.
+    let r = as_ie(client().get(format!("{}/vault/token/pf_1/acme", b.base)));
+    let status = r.status().as_u16();
+    let body: Value = r.json().unwrap();
+    assert_eq!(status, 200, "{body}\n{}", b.logs());
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("at-refreshed-"), "{body}");
+    assert_eq!(fake.refresh_calls(), 2);
+    // And the result is committed for everyone.
+    let again: Value = as_ie(client().get(format!("{}/vault/token/pf_1/acme", b.base)))
+        .json()
+        .unwrap();
+    assert_eq!(again["access_token"], token.as_str());
+    assert_eq!(fake.refresh_calls(), 2);
+}
+
+#[test]
+fn a_sqlite_vault_migrates_to_postgres_and_serves_from_there() {
+    let Some(db) = vault_test_support::TestDatabase::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[]).unwrap();
+    let token = dev_token(dir.path());
+    assert_eq!(
+        store(&s, &token, &slack("xoxb-MIGRATED", "rt-MIGRATED"))
+            .status()
+            .as_u16(),
+        201
+    );
+    s.signal("-TERM");
+    assert!(s.wait().success());
+
+    let to = db.url().to_owned();
+    let (code, out, err) = cli(dir.path(), &[("VAULT_MIGRATE_TO", &to)], &["migrate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("secrets: 1 row(s)"), "{err}");
+    assert!(err.contains("chain intact"), "{err}");
+    assert!(!err.contains("xoxb-MIGRATED"));
+    // Into a database that holds a vault already: refused.
+    let (code, _, err) = cli(dir.path(), &[], &["migrate", "--to", &to]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already holds vault data"), "{err}");
+
+    // The same data directory (the key), now on PostgreSQL.
+    let pg = [
+        ("VAULT__STORAGE__BACKEND", "postgres"),
+        ("VAULT__STORAGE__URL", to.as_str()),
+    ];
+    let s = start(dir.path(), &pg).unwrap();
+    let body: Value = get(&s, &token, "/vault/token/pf_203/slack").json().unwrap();
+    assert_eq!(body["access_token"], "xoxb-MIGRATED");
+    let (code, out, err) = cli(dir.path(), &pg, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

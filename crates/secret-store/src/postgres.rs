@@ -44,7 +44,8 @@ use crate::{
 /// `vault_schema.version` records how many have run. Never edit a shipped
 /// migration: add a new one. Text keys use the "C" collation, so ordering
 /// (rewrap pages, listings) is by bytes, as in SQLite.
-const MIGRATIONS: &[&str] = &["CREATE TABLE secrets (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE secrets (
         environment        TEXT COLLATE \"C\" NOT NULL,
         project            TEXT COLLATE \"C\" NOT NULL,
         platform           TEXT COLLATE \"C\" NOT NULL,
@@ -128,7 +129,14 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE secrets (
         sealed        BYTEA  NOT NULL,
         key_id        TEXT COLLATE \"C\" NOT NULL,
         created_at_ms BIGINT NOT NULL
-    );"];
+    );",
+    // 2: leases of background jobs that one replica at a time runs.
+    "CREATE TABLE job_leases (
+        name     TEXT COLLATE \"C\" PRIMARY KEY,
+        holder   TEXT   NOT NULL,
+        until_ms BIGINT NOT NULL
+    );",
+];
 
 /// Advisory lock ids (one namespace per database). Held only inside a
 /// transaction (`pg_advisory_xact_lock`), so a crashed holder frees them.
@@ -1024,6 +1032,21 @@ impl SecretStore for PostgresStore {
             Some(_) => LeaseOutcome::Held,
             None => LeaseOutcome::Missing,
         })
+    }
+
+    async fn acquire_job_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let sql = format!(
+            "INSERT INTO job_leases (name, holder, until_ms) VALUES ($1, $2, {DB_NOW_MS} + $3)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                 until_ms = excluded.until_ms
+             WHERE job_leases.holder = excluded.holder OR job_leases.until_ms <= {DB_NOW_MS}"
+        );
+        let client = self.inner.client().await?;
+        let stmt = client.prepare_cached(&sql).await?;
+        let n = client
+            .execute(&stmt, &[&name, &holder, &ttl_ms(ttl)])
+            .await?;
+        Ok(n == 1)
     }
 
     async fn release_refresh_lease(&self, address: &SecretAddress, holder: &str) -> Result<()> {

@@ -123,6 +123,12 @@ const MIGRATIONS: &[&str] = &[
     // (several processes may share one file: the server and the CLI).
     "ALTER TABLE secrets ADD COLUMN lease_holder TEXT;
     ALTER TABLE secrets ADD COLUMN lease_until_ms INTEGER;",
+    // 10: leases of background jobs that one process at a time runs.
+    "CREATE TABLE job_leases (
+        name     TEXT    PRIMARY KEY,
+        holder   TEXT    NOT NULL,
+        until_ms INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 /// Tuning for [`SqliteStore`].
@@ -1189,6 +1195,32 @@ impl SecretStore for SqliteStore {
             } else {
                 LeaseOutcome::Missing
             })
+        })
+        .await
+    }
+
+    async fn acquire_job_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.with_writer(move |c, _| {
+            let now = ms(OffsetDateTime::now_utc());
+            // Held by this holder for at least half its time: nothing to
+            // write (one process alone commits nothing for its jobs).
+            let mine: Option<i64> = c
+                .prepare_cached("SELECT until_ms FROM job_leases WHERE name = ?1 AND holder = ?2")?
+                .query_row(params![name, holder], |r| r.get(0))
+                .optional()?;
+            if mine.is_some_and(|until| until - now >= ttl_ms(ttl) / 2) {
+                return Ok(true);
+            }
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO job_leases (name, holder, until_ms) VALUES (?1, ?2, ?3 + ?4)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                         until_ms = excluded.until_ms
+                     WHERE job_leases.holder = excluded.holder OR job_leases.until_ms <= ?3",
+                )?
+                .execute(params![name, holder, now, ttl_ms(ttl)])?;
+            Ok(n == 1)
         })
         .await
     }

@@ -106,6 +106,17 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     /// Gives the refresh lease of `address` back, if `holder` holds it.
     async fn release_refresh_lease(&self, address: &SecretAddress, holder: &str) -> Result<()>;
 
+    /// Takes or renews the lease of the background job `name` (a usage-log
+    /// forwarder, the webhook sender) for `holder` for `ttl`: true when
+    /// `holder` holds it now. Replicas sharing the store run such a job one
+    /// at a time; a holder that stops renewing loses it when it runs out.
+    async fn acquire_job_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool>;
+
     /// Every address of `project`, in every environment.
     async fn list_project(&self, project: &str) -> Result<Vec<SecretAddress>>;
 

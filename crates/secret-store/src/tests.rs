@@ -1339,6 +1339,65 @@ async fn refresh_leases(fx: Fx) {
     );
 }
 
+async fn job_leases(fx: Fx) {
+    let store = Arc::clone(&fx.store);
+    let other = fx.open_another().await;
+    let ttl = std::time::Duration::from_secs(30);
+    assert!(
+        store
+            .acquire_job_lease("forward:logs", "r1", ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !other
+            .acquire_job_lease("forward:logs", "r2", ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .acquire_job_lease("forward:logs", "r1", ttl)
+            .await
+            .unwrap(),
+        "renewed"
+    );
+    assert!(
+        other
+            .acquire_job_lease("notifier", "r2", ttl)
+            .await
+            .unwrap(),
+        "jobs are apart"
+    );
+    // A holder that stops renewing loses the job.
+    let short = std::time::Duration::from_millis(50);
+    assert!(
+        store
+            .acquire_job_lease("retention", "dead", short)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !other
+            .acquire_job_lease("retention", "r2", ttl)
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    assert!(
+        other
+            .acquire_job_lease("retention", "r2", ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .acquire_job_lease("retention", "dead", short)
+            .await
+            .unwrap()
+    );
+}
+
 async fn concurrent_claims_are_disjoint(fx: Fx) {
     let store = Arc::clone(&fx.store);
     let other = fx.open_another().await;
@@ -1457,6 +1516,7 @@ conformance!(
     several_writers_keep_one_chain,
     refresh_leases,
     concurrent_claims_are_disjoint,
+    job_leases,
     a_failed_usage_log_write_is_an_error_for_its_caller,
     audit_chain_verifies_when_untouched,
     audit_chain_detects_a_changed_record,

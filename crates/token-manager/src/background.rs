@@ -69,6 +69,22 @@ fn jitter(max: Duration) -> Duration {
 }
 
 impl TokenManager {
+    /// Takes or renews the lease of background job `name` for this
+    /// process: whether it should run the job now.
+    pub(crate) async fn holds_job(&self, name: &str) -> bool {
+        match self
+            .secret_store()
+            .acquire_job_lease(name, &self.inner.holder, self.inner.policy.lease)
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(job = name, error = %e, "could not take a background job's lease");
+                false
+            }
+        }
+    }
+
     /// Runs the background refresher until the task is dropped or aborted.
     ///
     /// Every `interval` it claims tokens whose refresh is due from the
@@ -156,6 +172,11 @@ impl TokenManager {
             }
         };
         loop {
+            // One replica at a time sends webhooks.
+            if !self.holds_job("notifier").await {
+                tokio::time::sleep(config.interval).await;
+                continue;
+            }
             let now = self.now();
             match self.secret_store().pending_notifications(now, 100).await {
                 Ok(pending) => {

@@ -144,6 +144,10 @@ async fn deliver(
 
 impl TokenManager {
     /// Runs one usage-log forwarder until the task is dropped or aborted.
+    ///
+    /// Processes sharing a store deliver to a sink one at a time: each
+    /// round starts by taking or renewing the sink's job lease; the others
+    /// wait, and take over when the holder stops renewing.
     pub async fn run_audit_forwarder(self, config: ForwarderConfig) {
         let timeout = match &config.sink {
             AuditSink::Http { timeout, .. } => *timeout,
@@ -161,7 +165,13 @@ impl TokenManager {
             }
         };
         let mut failures: u32 = 0;
+        let job = format!("forward:{}", config.name);
         loop {
+            // One replica at a time delivers to a sink.
+            if !self.holds_job(&job).await {
+                tokio::time::sleep(config.interval).await;
+                continue;
+            }
             let pause = match self.forward_once(&http, &config).await {
                 Ok(0) => config.interval,
                 Ok(_) => {

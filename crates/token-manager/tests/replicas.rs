@@ -13,7 +13,10 @@ use vault_encryption_layer::{Envelope, KeyProvider, LocalKeyProvider};
 use vault_secret_store::{LeaseOutcome, PostgresOptions, PostgresStore, SecretStore, SqliteStore};
 use vault_test_support::{CLIENT_ID, CLIENT_SECRET, FakeProvider, TestDatabase};
 use vault_token_manager::provider::{ProviderConfig, ProviderDefinition, ProviderRegistry};
-use vault_token_manager::{RefreshPolicy, RequestContext, StoreRequest, TokenData, TokenManager};
+use vault_token_manager::{
+    AuditAction, AuditOutcome, AuditSink, ForwarderConfig, RefreshPolicy, RequestContext,
+    StoreRequest, TokenData, TokenManager,
+};
 use vault_types::{Clock, ManualClock, Secret, SecretAddress};
 
 enum Data {
@@ -194,6 +197,62 @@ async fn a_dead_replicas_lease_runs_out_and_another_refreshes(postgres: bool) {
     drop(r.data);
 }
 
+async fn one_replica_at_a_time_forwards_the_usage_log(postgres: bool) {
+    let Some(r) = Replicas::start(postgres, 3, StdDuration::from_secs(30)).await else {
+        return;
+    };
+    let receiver = FakeProvider::start();
+    let config = ForwarderConfig {
+        name: "logs-engine".into(),
+        sink: AuditSink::Http {
+            url: receiver.url("/logs"),
+            authorization: None,
+            timeout: StdDuration::from_secs(2),
+        },
+        batch: 5,
+        interval: StdDuration::from_millis(20),
+        max_backoff: StdDuration::from_millis(100),
+    };
+    let tasks: Vec<_> = r
+        .replicas
+        .iter()
+        .map(|t| tokio::spawn(t.clone().run_audit_forwarder(config.clone())))
+        .collect();
+    for i in 0..30 {
+        r.replicas[i % 3]
+            .record_event(
+                &RequestContext::new(format!("r{i}"), Some("execution".into())),
+                AuditAction::Read,
+                None,
+                AuditOutcome::Success,
+                "test",
+            )
+            .await
+            .unwrap();
+    }
+    for _ in 0..500 {
+        if receiver.logged().len() >= 30 {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    // Settle: a second sender would show up as extra deliveries.
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    let ids: Vec<i64> = receiver
+        .logged()
+        .iter()
+        .filter_map(|v| v["id"].as_i64())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=30).collect::<Vec<_>>(),
+        "each record once, in order"
+    );
+    for t in tasks {
+        t.abort();
+    }
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -219,4 +278,5 @@ on_both!(
     one_expired_token_is_refreshed_once_by_three_replicas,
     background_refreshers_split_the_due_tokens,
     a_dead_replicas_lease_runs_out_and_another_refreshes,
+    one_replica_at_a_time_forwards_the_usage_log,
 );

@@ -12,13 +12,20 @@ use vault_types::{Secret, SystemClock};
 use super::*;
 use crate::RequestContext;
 
+/// A manager over the file at `path`. Each is a process of its own: a new
+/// one waits for the job lease of one that stopped to run out (short here).
 async fn manager(path: &std::path::Path) -> TokenManager {
     let store = Arc::new(SqliteStore::open(path).await.unwrap());
-    TokenManager::new(
+    TokenManager::builder(
         store as Arc<dyn SecretStore>,
         Envelope::new(Arc::new(LocalKeyProvider::generate().unwrap())),
         Arc::new(SystemClock),
     )
+    .refresh_policy(crate::RefreshPolicy {
+        lease: Duration::from_millis(500),
+        ..crate::RefreshPolicy::default()
+    })
+    .build()
 }
 
 async fn record(tokens: &TokenManager, n: usize) {

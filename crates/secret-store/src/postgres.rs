@@ -452,13 +452,11 @@ async fn insert_audits(
     {
         put_anchor(c, m, "start", seq, &prev).await?;
     }
-    let insert = c
-        .prepare_cached(
-            "INSERT INTO audit_log (seq, at_ms, request_id, engine_id, action, environment,
-                 project, platform, outcome, detail, mac, mac_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .await?;
+    // Chained here, written in one statement (one round trip per batch,
+    // whatever its size).
+    let n = records.len();
+    let mut seqs = Vec::with_capacity(n);
+    let mut macs: Vec<Option<Vec<u8>>> = Vec::with_capacity(n);
     for r in records {
         seq += 1;
         let record_mac = match mac {
@@ -469,26 +467,50 @@ async fn insert_audits(
             ),
             None => None,
         };
-        c.execute(
-            &insert,
-            &[
-                &seq,
-                &ms(r.at),
-                &r.request_id,
-                &r.engine_id,
-                &r.action.as_str(),
-                &r.environment,
-                &r.project,
-                &r.platform,
-                &r.outcome.as_str(),
-                &r.detail,
-                &record_mac,
-                &version,
-            ],
+        prev = record_mac.clone().unwrap_or_else(|| GENESIS.to_vec());
+        seqs.push(seq);
+        macs.push(record_mac);
+    }
+    let column = |f: fn(&AuditRecord) -> Option<String>| records.iter().map(f).collect::<Vec<_>>();
+    let at: Vec<i64> = records.iter().map(|r| ms(r.at)).collect();
+    let request_id: Vec<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
+    let action: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    let outcome: Vec<&str> = records.iter().map(|r| r.outcome.as_str()).collect();
+    let (engine_id, environment, project, platform, detail) = (
+        column(|r| r.engine_id.clone()),
+        column(|r| r.environment.clone()),
+        column(|r| r.project.clone()),
+        column(|r| r.platform.clone()),
+        column(|r| r.detail.clone()),
+    );
+    let insert = c
+        .prepare_cached(
+            "INSERT INTO audit_log (seq, at_ms, request_id, engine_id, action, environment,
+                 project, platform, outcome, detail, mac, mac_key)
+             SELECT s, a, q, e, x, env, p, pl, o, d, m, $12
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $11::bytea[]) AS t(s, a, q, e, x, env, p, pl, o, d, m)",
         )
         .await?;
-        prev = record_mac.unwrap_or_else(|| GENESIS.to_vec());
-    }
+    c.execute(
+        &insert,
+        &[
+            &seqs,
+            &at,
+            &request_id,
+            &engine_id,
+            &action,
+            &environment,
+            &project,
+            &platform,
+            &outcome,
+            &detail,
+            &macs,
+            &version,
+        ],
+    )
+    .await?;
     if let Some(m) = mac {
         put_anchor(c, m, "head", seq, &prev).await?;
     }

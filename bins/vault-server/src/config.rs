@@ -1159,6 +1159,21 @@ mod tests {
     }
 
     #[test]
+    fn the_replica_sample_is_valid_once_given_its_url() {
+        // The connection string comes from VAULT__STORAGE__URL in the
+        // sample; without it the configuration is refused.
+        let sample = include_str!("../../../examples/deploy/replica.toml");
+        assert!(Config::from_toml(sample).is_err());
+        let c = Config::from_toml(&sample.replace(
+            "pool_size = 16",
+            "pool_size = 16\nurl = \"postgres://vault@db.internal:5432/vault\"",
+        ))
+        .unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Postgres);
+        assert_eq!(c.keys.provider, KeyProviderKind::AwsKms);
+    }
+
+    #[test]
     fn the_sample_configuration_is_valid() {
         let c = Config::from_toml(include_str!("../../../examples/vault.toml")).unwrap();
         assert_eq!(c.server.bind, "127.0.0.1:8200");

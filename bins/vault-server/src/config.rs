@@ -420,6 +420,10 @@ pub struct StorageConfig {
     /// Most PostgreSQL connections this replica opens.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// PEM file of the CAs that sign the PostgreSQL server's certificate
+    /// (with `sslmode=require` in the URL); default: the Mozilla roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for StorageConfig {
@@ -429,6 +433,7 @@ impl Default for StorageConfig {
             path: None,
             url: None,
             pool_size: default_pool_size(),
+            tls_ca_file: None,
         }
     }
 }

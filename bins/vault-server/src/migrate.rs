@@ -36,9 +36,14 @@ async fn migrate(config: Config, to: &str) -> Result<ExitCode, String> {
     drop(source);
 
     let mut current: Option<(String, Progress)> = None;
+    let options = vault_secret_store::PostgresOptions {
+        tls_ca_file: config.storage.tls_ca_file.clone(),
+        ..vault_secret_store::PostgresOptions::default()
+    };
     let report = vault_secret_store::migrate_sqlite_to_postgres(
         &config.database_path(),
         to,
+        options,
         |table, done, total| {
             if current.as_ref().is_none_or(|(t, _)| t != table) {
                 if let Some((_, p)) = &current {

@@ -196,6 +196,7 @@ pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn SecretStore>, 
             let url = config.storage.url.as_deref().unwrap_or_default();
             let options = PostgresOptions {
                 pool_size: config.storage.pool_size,
+                tls_ca_file: config.storage.tls_ca_file.clone(),
                 ..PostgresOptions::default()
             };
             let store = PostgresStore::connect(url, options).await?;

@@ -27,6 +27,9 @@ pub enum Error {
     /// a standby that takes no writes).
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// TLS to the database cannot be set up (a CA file that does not read).
+    #[error("database TLS: {0}")]
+    Tls(String),
     /// The database was written by a newer build.
     #[error("database schema version {found} is newer than this build supports ({supported})")]
     SchemaTooNew {
@@ -63,6 +66,7 @@ impl Error {
             Self::Database(_)
             | Self::Postgres(_)
             | Self::Unavailable(_)
+            | Self::Tls(_)
             | Self::Io { .. }
             | Self::Task(_)
             | Self::SchemaTooNew { .. } => ErrorKind::Unavailable,

@@ -27,6 +27,7 @@ mod chain;
 mod error;
 mod migrate;
 mod model;
+mod pg_tls;
 mod postgres;
 mod sqlite;
 mod store;

@@ -187,6 +187,7 @@ fn read_chunk(
 pub async fn migrate_sqlite_to_postgres(
     sqlite: &Path,
     url: &str,
+    options: PostgresOptions,
     mut progress: impl FnMut(&str, u64, u64) + Send,
 ) -> Result<MigrationReport> {
     if !sqlite.exists() {
@@ -197,7 +198,7 @@ pub async fn migrate_sqlite_to_postgres(
     }
     // Bring the source to this build's schema first.
     drop(SqliteStore::open(sqlite).await?);
-    let target = PostgresStore::connect(url, PostgresOptions::default()).await?;
+    let target = PostgresStore::connect(url, options).await?;
     let mut client = target.client().await?;
     let tx = client.transaction().await?;
     for (table, _) in TABLES {

@@ -25,8 +25,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use time::OffsetDateTime;
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 use vault_types::SecretAddress;
 
 use crate::chain::{
@@ -158,6 +158,10 @@ pub struct PostgresOptions {
     pub connect_timeout: Duration,
     /// Most usage records in one group commit.
     pub group_commit_max: usize,
+    /// PEM file of the certificate authorities that sign the server's
+    /// certificate, when the connection string asks for TLS
+    /// (`sslmode=require`); without it, the Mozilla root set.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PostgresOptions {
@@ -166,6 +170,7 @@ impl Default for PostgresOptions {
             pool_size: 16,
             connect_timeout: Duration::from_secs(5),
             group_commit_max: 512,
+            tls_ca_file: None,
         }
     }
 }
@@ -753,8 +758,19 @@ impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`)
     /// and runs pending migrations (once, however many replicas start
     /// together). Must be called inside a tokio runtime.
+    ///
+    /// TLS: `sslmode=require` in `url` encrypts every connection and
+    /// verifies the server's certificate (against
+    /// [`PostgresOptions::tls_ca_file`] or the Mozilla roots) and its name;
+    /// without `sslmode`, or with `sslmode=disable`, connections are plain.
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self> {
         let mut config = parse_postgres_url(url)?;
+        if !url.contains("sslmode") {
+            // libpq's default ("prefer") would try TLS and fall back to
+            // plain text silently; here TLS is asked for or not used.
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        }
+        let tls = crate::pg_tls::RustlsMakeConnect::new(options.tls_ca_file.as_deref())?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.connect_timeout);
         }
@@ -764,7 +780,7 @@ impl PostgresStore {
         let target = describe(&config);
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -1580,11 +1580,12 @@ async fn a_sqlite_vault_migrates_into_postgres_whole() {
     assert_eq!(before.problem, None);
 
     let mut seen = Vec::new();
-    let report = migrate_sqlite_to_postgres(source.path(), db.url(), |t, done, total| {
-        seen.push((t.to_owned(), done, total))
-    })
-    .await
-    .unwrap();
+    let report =
+        migrate_sqlite_to_postgres(source.path(), db.url(), pg_options(), |t, done, total| {
+            seen.push((t.to_owned(), done, total))
+        })
+        .await
+        .unwrap();
     let rows: std::collections::HashMap<_, _> = report.tables.into_iter().collect();
     assert_eq!(rows["secrets"], 25);
     assert_eq!(rows["notifications"], 1);
@@ -1658,7 +1659,7 @@ async fn a_sqlite_vault_migrates_into_postgres_whole() {
 
     // A second copy into a database that holds data is refused, and
     // changes nothing.
-    let err = migrate_sqlite_to_postgres(source.path(), db.url(), |_, _, _| {})
+    let err = migrate_sqlite_to_postgres(source.path(), db.url(), pg_options(), |_, _, _| {})
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Invalid(_)), "{err}");
@@ -1673,4 +1674,90 @@ async fn a_sqlite_vault_migrates_into_postgres_whole() {
             .sum::<u64>(),
         25
     );
+}
+
+/// The `ssl` column of `pg_stat_ssl` for one of the store's connections.
+async fn encrypted(store: &PostgresStore) -> bool {
+    store
+        .client()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_verifies_the_server_certificate() {
+    let Some(db) = vault_test_support::TestDatabase::create() else {
+        return;
+    };
+    // The server's certificate here is Debian's self-signed one for
+    // `localhost`; the test needs it and a server with TLS on.
+    let ca = std::path::Path::new("/etc/ssl/certs/ssl-cert-snakeoil.pem");
+    let plain = PostgresStore::connect(db.url(), pg_options())
+        .await
+        .unwrap();
+    let ssl_on: String = plain
+        .client()
+        .await
+        .unwrap()
+        .query_one("SHOW ssl", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if !ca.exists() || ssl_on != "on" || !db.url().contains("@127.0.0.1:") {
+        eprintln!(
+            "SKIPPED: this PostgreSQL server has no TLS certificate for localhost to test with"
+        );
+        return;
+    }
+    assert!(!encrypted(&plain).await, "without sslmode, no TLS");
+    let localhost = format!(
+        "{}?sslmode=require&hostaddr=127.0.0.1",
+        db.url().replace("@127.0.0.1:", "@localhost:")
+    );
+    let with_ca = PostgresOptions {
+        tls_ca_file: Some(ca.to_owned()),
+        ..pg_options()
+    };
+    let tls = PostgresStore::connect(&localhost, with_ca.clone())
+        .await
+        .unwrap();
+    assert!(encrypted(&tls).await, "the connection is encrypted");
+    tls.put(
+        write(&addr("slack"), 1, b"over-tls"),
+        None,
+        audit(AuditAction::Store, "t"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        plain.get(&addr("slack")).await.unwrap().unwrap().sealed,
+        b"over-tls"
+    );
+    // A certificate the trusted roots did not sign, or for another name,
+    // is refused: no connection, no silent fall-back to plain text.
+    let err = PostgresStore::connect(&localhost, pg_options())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), vault_types::ErrorKind::Unavailable, "{err}");
+    let by_ip = format!("{}?sslmode=require", db.url());
+    assert!(PostgresStore::connect(&by_ip, with_ca).await.is_err());
+    // A CA file that does not read is a clear error.
+    let err = PostgresStore::connect(
+        &localhost,
+        PostgresOptions {
+            tls_ca_file: Some("/nonexistent/ca.pem".into()),
+            ..pg_options()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Tls(_)), "{err}");
 }

@@ -1392,3 +1392,219 @@ fn a_sqlite_vault_migrates_to_postgres_and_serves_from_there() {
     let (code, out, err) = cli(dir.path(), &pg, &["audit", "verify"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// What a crash test knows of one address: the last acknowledged value
+/// (`None`: deleted or never stored) and the operation in flight when the
+/// server died, if any (`Some(None)`: a delete).
+#[derive(Clone, Default)]
+struct Known {
+    acked: Option<String>,
+    in_flight: Option<Option<String>>,
+}
+
+/// Stores, replaces and deletes at `addresses` until `stop`, recording
+/// what the server acknowledged.
+fn crash_writer(
+    base: String,
+    token: String,
+    worker: usize,
+    known: Arc<Mutex<std::collections::HashMap<String, Known>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    round: usize,
+    acked: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut n = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        n += 1;
+        let platform = format!("w{worker}x{}", n % 5);
+        let delete = n.is_multiple_of(4);
+        let value = format!("at-r{round}-w{worker}-n{n}");
+        let next = if delete { None } else { Some(value.clone()) };
+        known
+            .lock()
+            .unwrap()
+            .entry(platform.clone())
+            .or_default()
+            .in_flight = Some(next.clone());
+        let res = if delete {
+            http.delete(format!("{base}/vault/delete/pf_crash/{platform}"))
+                .header("X-Engine-Id", "dev")
+                .bearer_auth(&token)
+                .send()
+        } else {
+            http.post(format!("{base}/vault/store"))
+                .header("X-Engine-Id", "dev")
+                .bearer_auth(&token)
+                .json(&json!({
+                    "project_id": "pf_crash",
+                    "platform": platform,
+                    "token_data": {"access_token": value, "refresh_token": format!("rt-{value}")}
+                }))
+                .send()
+        };
+        match res {
+            // A delete of nothing is a 404, and leaves nothing too.
+            Ok(r) if r.status().is_success() || (delete && r.status().as_u16() == 404) => {
+                let mut k = known.lock().unwrap();
+                let entry = k.get_mut(&platform).unwrap();
+                entry.acked = next;
+                entry.in_flight = None;
+                acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            // Connection lost: the server died with it in flight.
+            Err(_) => return,
+            Ok(r) => panic!("unexpected answer {} for {platform}", r.status()),
+        }
+    }
+}
+
+#[test]
+fn twenty_kill_9s_under_load_lose_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = vault_test_support::FakeProvider::start();
+    // Refreshes never fail here: a refresh token rotated away by a call
+    // whose answer died with the server would end the grant (see
+    // docs/deployment.md), which is not what this test is about.
+    fake.set_rotate(false);
+    fake.set_expires_in(Some(1));
+    let config = lifecycle_config(dir.path(), &fake);
+    let envs = [("VAULT_CONFIG", config.to_str().unwrap())];
+    let known: Arc<Mutex<std::collections::HashMap<String, Known>>> = Arc::default();
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut cut_short = 0;
+    for round in 0..20 {
+        let s = start(dir.path(), &envs).unwrap();
+        let token = dev_token(dir.path());
+        // Everything acknowledged before the last kill is there, and what
+        // was in flight is there whole or not at all.
+        cut_short += check_known(&s, &token, &known, round);
+        // Tokens that expire every second (the provider's answers too)
+        // keep refreshes writing throughout.
+        if round == 0 {
+            for i in 0..3 {
+                let mut body = acme(1);
+                body["project_id"] = json!(format!("pf_refresh{i}"));
+                assert!(store(&s, &token, &body).status().is_success());
+            }
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (base, token, known, stop, acked) = (
+                    s.base.clone(),
+                    token.clone(),
+                    Arc::clone(&known),
+                    Arc::clone(&stop),
+                    Arc::clone(&acked),
+                );
+                std::thread::spawn(move || crash_writer(base, token, w, known, stop, round, acked))
+            })
+            .collect();
+        // Readers force refreshes of the expired tokens meanwhile.
+        let reader = {
+            let (base, token, stop) = (s.base.clone(), token.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    for i in 0..3 {
+                        let r = client()
+                            .get(format!("{base}/vault/token/pf_refresh{i}/acme"))
+                            .header("X-Engine-Id", "dev")
+                            .bearer_auth(&token)
+                            .send();
+                        if r.is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        // A random point in the load: 200 to 800 ms in.
+        let pause = {
+            use std::hash::{BuildHasher, Hasher};
+            200 + std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+                % 600
+        };
+        std::thread::sleep(Duration::from_millis(pause));
+        s.signal("-KILL");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in writers {
+            w.join().unwrap();
+        }
+        reader.join().unwrap();
+        drop(s);
+    }
+    let s = start(dir.path(), &envs).unwrap();
+    let token = dev_token(dir.path());
+    cut_short += check_known(&s, &token, &known, 20);
+    let acked = acked.load(std::sync::atomic::Ordering::SeqCst);
+    let refreshes = fake.refresh_calls();
+    eprintln!(
+        "{acked} writes acknowledged, {cut_short} cut short by a kill, {refreshes} refreshes"
+    );
+    assert!(
+        acked >= 200 && cut_short >= 20 && refreshes >= 20,
+        "the load was real: {acked}, {cut_short}, {refreshes}"
+    );
+    for i in 0..3 {
+        let r = get(&s, &token, &format!("/vault/token/pf_refresh{i}/acme"));
+        assert_eq!(r.status().as_u16(), 200, "refreshed token {i} readable");
+    }
+    let mut s = s;
+    s.signal("-TERM");
+    assert!(s.wait().success());
+    let conn = rusqlite::Connection::open(dir.path().join("vault-data/vault.db")).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(conn);
+    let (code, out, err) = cli(dir.path(), &envs, &["audit", "verify"]);
+    assert_eq!(
+        code, 0,
+        "the usage log verifies after 20 crashes: {out}{err}"
+    );
+}
+
+/// Checks every address against what was acknowledged (and possibly in
+/// flight), then forgets what was in flight: it is settled now. Returns
+/// how many operations were in flight at the kill.
+fn check_known(
+    s: &Server,
+    token: &str,
+    known: &Mutex<std::collections::HashMap<String, Known>>,
+    round: usize,
+) -> usize {
+    let mut known = known.lock().unwrap();
+    let in_flight = known.values().filter(|k| k.in_flight.is_some()).count();
+    for (platform, k) in known.iter_mut() {
+        let r = get(s, token, &format!("/vault/token/pf_crash/{platform}"));
+        let found = match r.status().as_u16() {
+            200 => Some(
+                r.json::<Value>().unwrap()["access_token"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            ),
+            404 => None,
+            other => panic!("round {round}: {platform} answered {other}"),
+        };
+        let allowed = match &k.in_flight {
+            Some(next) => found == k.acked || &found == next,
+            None => found == k.acked,
+        };
+        assert!(
+            allowed,
+            "round {round}: {platform} is {found:?}; acknowledged {:?}, in flight {:?}",
+            k.acked, k.in_flight
+        );
+        k.acked = found;
+        k.in_flight = None;
+    }
+    in_flight
+}

@@ -1608,3 +1608,186 @@ fn check_known(
     }
     in_flight
 }
+
+/// Every place a marker must never reach, checked: `what` names it.
+fn assert_no_marker(what: &str, haystack: &[u8], needles: &[&str]) {
+    for needle in needles {
+        assert!(
+            !haystack
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes()),
+            "{needle} leaked into {what}"
+        );
+    }
+}
+
+#[test]
+fn marked_secrets_leak_nowhere_on_any_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = vault_test_support::FakeProvider::start();
+    fake.set_rotate(false);
+    let config = lifecycle_config(dir.path(), &fake);
+    let audit_file = dir.path().join("audit.jsonl");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[audit]\nfile = \"{}\"\n[audit.forward]\nurl = \"{}\"\ninterval_ms = 50\n",
+        audit_file.display(),
+        fake.url("/logs")
+    ));
+    std::fs::write(&config, text).unwrap();
+    let envs = [
+        ("VAULT_CONFIG", config.to_str().unwrap()),
+        ("RUST_LOG", "trace"),
+        ("VAULT__REFRESH__BACKOFF_BASE_SECS", "1"),
+    ];
+    let mut s = start(dir.path(), &envs).unwrap();
+    let token = dev_token(dir.path());
+    let access = "at-LEAKMARK-a7c1";
+    let refresh = "rt-LEAKMARK-r93e";
+    // What no file, log, record or answer other than a token read may hold.
+    let secrets = [
+        "LEAKMARK",
+        "ENGINEMARK",
+        "at-refreshed-",
+        "rt-refreshed-",
+        vault_test_support::CLIENT_SECRET,
+        "hook-secret-value",
+        token.as_str(),
+    ];
+    let mut answers: Vec<(String, String)> = Vec::new();
+    let mut keep = |what: &str, r: reqwest::blocking::Response| -> u16 {
+        let status = r.status().as_u16();
+        answers.push((what.to_owned(), r.text().unwrap()));
+        status
+    };
+    let with_dev = |req: reqwest::blocking::RequestBuilder| {
+        req.header("X-Engine-Id", "dev").bearer_auth(&token)
+    };
+    let body = json!({
+        "project_id": "pf_1",
+        "platform": "acme",
+        "token_data": {"access_token": access, "refresh_token": refresh, "expires_in": 1}
+    });
+    assert_eq!(keep("store", store(&s, &token, &body)), 201);
+    let read: Value = get(&s, &token, "/vault/token/pf_1/acme").json().unwrap();
+    assert_eq!(read["access_token"], access);
+    // Error paths with the secret in the wrong place.
+    let mut bad = body.clone();
+    bad["token_data"]["expires_in"] = json!(access);
+    assert_eq!(keep("bad field", store(&s, &token, &bad)), 400);
+    let broken =
+        format!("{{\"project_id\": \"pf_1\", \"token_data\": {{\"access_token\": \"{access}\"");
+    let r = with_dev(client().post(format!("{}/vault/store", s.base)))
+        .header("content-type", "application/json")
+        .body(broken)
+        .send()
+        .unwrap();
+    assert_eq!(keep("broken json", r), 400);
+    let huge = format!(
+        "{{\"pad\": \"{}\", \"t\": \"{access}\"}}",
+        "x".repeat(70 * 1024)
+    );
+    let r = with_dev(client().post(format!("{}/vault/store", s.base)))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .unwrap();
+    assert_eq!(keep("oversized", r), 413);
+    let r = client()
+        .get(format!("{}/vault/token/pf_1/acme", s.base))
+        .header("X-Engine-Id", "dev")
+        .bearer_auth("wrong-ENGINEMARK-44")
+        .send()
+        .unwrap();
+    assert_eq!(keep("wrong engine token", r), 401);
+    // A provider that echoes the refresh token in its error answers, to
+    // the background refresher and to requests.
+    fake.set_mode(vault_test_support::Mode::EchoToken);
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = get(&s, &token, "/vault/token/pf_1/acme");
+    assert!(keep("failed refresh", r) >= 400);
+    let r = with_dev(client().post(format!("{}/vault/refresh/pf_1/acme", s.base)))
+        .send()
+        .unwrap();
+    assert!(keep("failed forced refresh", r) >= 400);
+    assert!(fake.refresh_calls() >= 1);
+    fake.set_mode(vault_test_support::Mode::Ok);
+    wait_until("a refresh once the provider is back", || {
+        get(&s, &token, "/vault/token/pf_1/acme").status().as_u16() == 200
+    });
+    // Everything else an operator or engine can read.
+    let r = with_dev(client().get(format!("{}/vault/status/pf_1/acme", s.base)))
+        .send()
+        .unwrap();
+    assert_eq!(keep("status", r), 200);
+    assert_eq!(
+        keep(
+            "metrics",
+            client().get(format!("{}/metrics", s.base)).send().unwrap()
+        ),
+        200
+    );
+    let r = with_dev(client().get(format!("{}/vault/audit?limit=500", s.base)))
+        .send()
+        .unwrap();
+    assert_eq!(keep("audit query", r), 200);
+    let r = with_dev(client().delete(format!("{}/vault/delete/pf_1/acme", s.base)))
+        .send()
+        .unwrap();
+    assert_eq!(keep("delete", r), 200);
+    wait_until("forwarded usage records", || fake.logged().len() >= 8);
+    for (what, text) in &answers {
+        assert_no_marker(&format!("the {what} answer"), text.as_bytes(), &secrets);
+    }
+    for record in fake.logged() {
+        assert_no_marker(
+            "a forwarded usage record",
+            record.to_string().as_bytes(),
+            &secrets,
+        );
+    }
+    for (_, hook) in fake.webhooks() {
+        assert_no_marker("a webhook", hook.as_bytes(), &secrets);
+    }
+    assert_no_marker(
+        "the audit file",
+        &std::fs::read(&audit_file).unwrap(),
+        &secrets,
+    );
+
+    // The command line, while the server runs.
+    let backup = dir.path().join("copy.db");
+    for args in [
+        vec!["audit", "export"],
+        vec!["audit", "verify"],
+        vec!["config", "check"],
+        vec!["keys", "status"],
+        vec!["backup", backup.to_str().unwrap()],
+    ] {
+        let (code, out, err) = cli(dir.path(), &envs, &args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert_no_marker(
+            &format!("`{}`", args.join(" ")),
+            format!("{out}{err}").as_bytes(),
+            &secrets,
+        );
+    }
+    assert_no_marker("the backup", &std::fs::read(&backup).unwrap(), &secrets);
+
+    // Stopped: the logs at trace level, and every database file.
+    s.signal("-TERM");
+    assert!(s.wait().success());
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = s.logs();
+    assert!(
+        logs.contains("TRACE") || logs.contains("\"trace\""),
+        "trace logging was on"
+    );
+    assert_no_marker("the logs", logs.as_bytes(), &secrets);
+    let data = dir.path().join("vault-data");
+    for name in ["vault.db", "vault.db-wal", "vault.db-shm"] {
+        if let Ok(bytes) = std::fs::read(data.join(name)) {
+            assert_no_marker(name, &bytes, &secrets);
+        }
+    }
+}

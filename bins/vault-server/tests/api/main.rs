@@ -14,6 +14,7 @@ mod delete;
 mod errors;
 mod fetch;
 mod helpers;
+mod hostile;
 mod refresh;
 mod store;
 mod tls;

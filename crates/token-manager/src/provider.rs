@@ -318,6 +318,11 @@ impl ProviderRegistry {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
+            // Idle connections are dropped before common server keep-alive
+            // timeouts (5 s and up): a refresh sent on a connection the
+            // server is closing at that moment fails, and a refresh is not
+            // safely retried (the provider may have rotated the token).
+            .pool_idle_timeout(Duration::from_secs(3))
             // Never follow a redirect with a token in the body.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("vault-engine/", env!("CARGO_PKG_VERSION")))

@@ -1791,3 +1791,159 @@ fn marked_secrets_leak_nowhere_on_any_path() {
         }
     }
 }
+
+/// Resident memory and open file descriptors of a process.
+fn rss_kb_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    (rss, fds)
+}
+
+/// A steady mixed load (reads, stores, deletes, refreshes of tokens that
+/// expire every second, usage-log forwarding) for `VAULT_SOAK_SECS`
+/// (30 by default; 600 for the full soak): no errors, memory and file
+/// descriptors flat after warm-up, forwarding keeping up.
+#[test]
+fn soak_under_mixed_load_stays_flat() {
+    let secs: u64 = std::env::var("VAULT_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+        .max(10);
+    let dir = tempfile::tempdir().unwrap();
+    let fake = vault_test_support::FakeProvider::start();
+    fake.set_rotate(false);
+    // Refreshed tokens live 2 s: refreshes run all the time, and
+    // an expiry rounded down to whole seconds still leaves time to use
+    // them (a 1 s lifetime can round down to nothing).
+    fake.set_expires_in(Some(2));
+    let config = lifecycle_config(dir.path(), &fake);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[audit.forward]\nurl = \"{}\"\ninterval_ms = 100\nbatch = 500\n",
+        fake.url("/logs")
+    ));
+    std::fs::write(&config, text).unwrap();
+    let envs = [("VAULT_CONFIG", config.to_str().unwrap())];
+    let mut s = start(dir.path(), &envs).unwrap();
+    let pid = s.child.id();
+    let token = dev_token(dir.path());
+    for i in 0..5 {
+        let mut body = acme(1);
+        body["project_id"] = json!(format!("pf_soak{i}"));
+        assert_eq!(store(&s, &token, &body).status().as_u16(), 201);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (base, token, stop, errors, done, failures) = (
+                s.base.clone(),
+                token.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&errors),
+                Arc::clone(&done),
+                Arc::clone(&failures),
+            );
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::new();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    n += 1;
+                    let req = match n % 10 {
+                        0 => http.delete(format!("{base}/vault/delete/pf_w{w}/p{}", n % 50)),
+                        1..=3 => http.post(format!("{base}/vault/store")).json(&json!({
+                            "project_id": format!("pf_w{w}"),
+                            "platform": format!("p{}", n % 50),
+                            "token_data": {"access_token": format!("at-{n}")}
+                        })),
+                        4 => http.get(format!("{base}/vault/token/pf_soak{}/acme", n % 5)),
+                        _ => http.get(format!("{base}/vault/token/pf_soak{}/acme", (n + 1) % 5)),
+                    };
+                    let failure = match req.header("X-Engine-Id", "dev").bearer_auth(&token).send()
+                    {
+                        Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => None,
+                        Ok(r) => Some(format!("{} {}", r.status(), r.text().unwrap_or_default())),
+                        Err(e) => Some(format!("transport: {e}")),
+                    };
+                    if let Some(f) = failure {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let mut seen = failures.lock().unwrap();
+                        if seen.len() < 10 {
+                            seen.push(f);
+                        }
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    // A steady rate, not a flood: about 200 requests/s each.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    // Warm-up, then samples: memory and descriptors at a third of the run
+    // and at its end.
+    let third = Duration::from_secs(secs / 3);
+    std::thread::sleep(third);
+    let (rss_warm, fds_warm) = rss_kb_and_fds(pid);
+    std::thread::sleep(third * 2);
+    let (rss_end, fds_end) = rss_kb_and_fds(pid);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let requests = done.load(std::sync::atomic::Ordering::SeqCst);
+    let errors = errors.load(std::sync::atomic::Ordering::SeqCst);
+    // Forwarding keeps up: everything recorded reaches the receiver soon
+    // after the load stops.
+    let records = |s: &Server| -> i64 {
+        let r = get(s, &token, "/vault/audit?limit=1");
+        r.json::<Value>().unwrap()["records"][0]["id"]
+            .as_i64()
+            .unwrap_or(0)
+    };
+    let newest = records(&s);
+    wait_until("forwarding to catch up", || {
+        fake.logged()
+            .iter()
+            .filter_map(|v| v["id"].as_i64())
+            .max()
+            .unwrap_or(0)
+            >= newest
+    });
+    eprintln!(
+        "soak {secs} s: {requests} requests, {errors} errors, {} refreshes, \
+         RSS {rss_warm} -> {rss_end} kB, fds {fds_warm} -> {fds_end}, {newest} usage records forwarded",
+        fake.refresh_calls()
+    );
+    assert_eq!(
+        errors,
+        0,
+        "no errors under a steady load: {:?}",
+        failures.lock().unwrap()
+    );
+    assert!(requests as u64 > secs * 100, "the load ran: {requests}");
+    assert!(
+        fake.refresh_calls() as u64 >= secs,
+        "refreshes ran throughout"
+    );
+    assert!(
+        rss_end <= rss_warm + rss_warm / 10 + 2048,
+        "memory grew after warm-up: {rss_warm} -> {rss_end} kB"
+    );
+    assert!(
+        fds_end <= fds_warm + 8,
+        "file descriptors grew: {fds_warm} -> {fds_end}"
+    );
+    s.signal("-TERM");
+    assert!(s.wait().success());
+}

@@ -1470,7 +1470,8 @@ fn twenty_kill_9s_under_load_lose_nothing_acknowledged() {
     // whose answer died with the server would end the grant (see
     // docs/deployment.md), which is not what this test is about.
     fake.set_rotate(false);
-    fake.set_expires_in(Some(1));
+    // Refreshed tokens live 2 s (a 1 s lifetime can round down to nothing).
+    fake.set_expires_in(Some(2));
     let config = lifecycle_config(dir.path(), &fake);
     let envs = [("VAULT_CONFIG", config.to_str().unwrap())];
     let known: Arc<Mutex<std::collections::HashMap<String, Known>>> = Arc::default();
@@ -1482,7 +1483,7 @@ fn twenty_kill_9s_under_load_lose_nothing_acknowledged() {
         // Everything acknowledged before the last kill is there, and what
         // was in flight is there whole or not at all.
         cut_short += check_known(&s, &token, &known, round);
-        // Tokens that expire every second (the provider's answers too)
+        // Tokens that expire within seconds (the provider's answers too)
         // keep refreshes writing throughout.
         if round == 0 {
             for i in 0..3 {
@@ -1548,7 +1549,7 @@ fn twenty_kill_9s_under_load_lose_nothing_acknowledged() {
         "{acked} writes acknowledged, {cut_short} cut short by a kill, {refreshes} refreshes"
     );
     assert!(
-        acked >= 200 && cut_short >= 20 && refreshes >= 20,
+        acked >= 200 && cut_short >= 20 && refreshes >= 5,
         "the load was real: {acked}, {cut_short}, {refreshes}"
     );
     for i in 0..3 {
@@ -1626,6 +1627,9 @@ fn marked_secrets_leak_nowhere_on_any_path() {
     let dir = tempfile::tempdir().unwrap();
     let fake = vault_test_support::FakeProvider::start();
     fake.set_rotate(false);
+    // From the start, the provider echoes the refresh token in its error
+    // answers, to the background refresher and to requests alike.
+    fake.set_mode(vault_test_support::Mode::EchoToken);
     let config = lifecycle_config(dir.path(), &fake);
     let audit_file = dir.path().join("audit.jsonl");
     let mut text = std::fs::read_to_string(&config).unwrap();
@@ -1666,8 +1670,9 @@ fn marked_secrets_leak_nowhere_on_any_path() {
     let body = json!({
         "project_id": "pf_1",
         "platform": "acme",
-        "token_data": {"access_token": access, "refresh_token": refresh, "expires_in": 1}
+        "token_data": {"access_token": access, "refresh_token": refresh, "expires_in": 3}
     });
+    let stored_at = std::time::Instant::now();
     assert_eq!(keep("store", store(&s, &token, &body)), 201);
     let read: Value = get(&s, &token, "/vault/token/pf_1/acme").json().unwrap();
     assert_eq!(read["access_token"], access);
@@ -1700,10 +1705,8 @@ fn marked_secrets_leak_nowhere_on_any_path() {
         .send()
         .unwrap();
     assert_eq!(keep("wrong engine token", r), 401);
-    // A provider that echoes the refresh token in its error answers, to
-    // the background refresher and to requests.
-    fake.set_mode(vault_test_support::Mode::EchoToken);
-    std::thread::sleep(Duration::from_millis(1200));
+    // Expired now; every refresh meets the echoing provider.
+    std::thread::sleep(Duration::from_millis(3300).saturating_sub(stored_at.elapsed()));
     let r = get(&s, &token, "/vault/token/pf_1/acme");
     assert!(keep("failed refresh", r) >= 400);
     let r = with_dev(client().post(format!("{}/vault/refresh/pf_1/acme", s.base)))

@@ -29,6 +29,7 @@ mod migrate;
 mod model;
 mod pg_tls;
 mod postgres;
+mod row;
 mod sqlite;
 mod store;
 

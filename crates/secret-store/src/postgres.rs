@@ -33,11 +33,12 @@ use crate::chain::{
     Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, checkpoint_signature,
     from_ms, mac_version, ms, signed, verify_rows,
 };
+use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
 use crate::{
     AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditQuery, AuditRecord,
     AuditVerification, EngineRecord, Error, KeyUsage, LeaseOutcome, NewNotification,
-    PendingNotification, RefreshState, Result, RewrapItem, Rewrapped, SecretMeta, SecretStatus,
-    SecretStore, SecretWrite, StoreStats, StoredSecret,
+    PendingNotification, RefreshState, Result, RewrapItem, Rewrapped, SecretStatus, SecretStore,
+    SecretWrite, StoreStats, StoredSecret,
 };
 
 /// Schema migrations, applied in order under [`MIGRATE_LOCK`];
@@ -309,15 +310,7 @@ async fn migrate(pool: &Pool) -> Result<()> {
 }
 
 fn get_opt_ms(row: &Row, i: usize) -> Result<Option<OffsetDateTime>> {
-    row.try_get::<_, Option<i64>>(i)?.map(from_ms).transpose()
-}
-
-fn u64_of(v: i64, what: &str) -> Result<u64> {
-    u64::try_from(v).map_err(|_| Error::Corrupt(format!("{what} {v} is negative")))
-}
-
-fn i64_of(v: u64) -> Result<i64> {
-    i64::try_from(v).map_err(|_| Error::Invalid("version out of range"))
+    opt_ms(row.try_get(i)?)
 }
 
 const SELECT_SECRET: &str = "SELECT version, sealed, key_id, status, valid_until_ms, scopes,
@@ -326,43 +319,25 @@ const SELECT_SECRET: &str = "SELECT version, sealed, key_id, status, valid_until
      FROM secrets WHERE environment = $1 AND project = $2 AND platform = $3";
 
 fn secret_from_row(address: &SecretAddress, r: &Row) -> Result<StoredSecret> {
-    let status: String = r.try_get(3)?;
-    let status = SecretStatus::parse(&status)
-        .ok_or_else(|| Error::Corrupt(format!("unknown status {status:?}")))?;
-    let scopes: String = r.try_get(5)?;
-    let scopes: Vec<String> = serde_json::from_str(&scopes)
-        .map_err(|_| Error::Corrupt("scopes column is not a JSON array".into()))?;
-    let metadata: Option<String> = r.try_get(8)?;
-    let metadata = metadata
-        .map(|m| serde_json::from_str(&m))
-        .transpose()
-        .map_err(|_| Error::Corrupt("metadata column is not a JSON object".into()))?;
-    let failures: i64 = r.try_get(14)?;
-    Ok(StoredSecret {
-        address: address.clone(),
-        version: u64_of(r.try_get(0)?, "version")?,
+    SecretRow {
+        version: r.try_get(0)?,
         sealed: r.try_get(1)?,
         key_id: r.try_get(2)?,
-        meta: SecretMeta {
-            status,
-            valid_until: get_opt_ms(r, 4)?,
-            scopes,
-            has_refresh_token: r.try_get(6)?,
-            token_type: r.try_get(7)?,
-            metadata,
-            refresh: RefreshState {
-                refresh_due: get_opt_ms(r, 11)?,
-                last_refresh_at: get_opt_ms(r, 12)?,
-                last_error: r.try_get(13)?,
-                failure_count: u32::try_from(failures).map_err(|_| {
-                    Error::Corrupt(format!("failure count {failures} out of range"))
-                })?,
-                next_attempt_at: get_opt_ms(r, 15)?,
-            },
-        },
-        created_at: from_ms(r.try_get(9)?)?,
-        updated_at: from_ms(r.try_get(10)?)?,
-    })
+        status: r.try_get(3)?,
+        valid_until: r.try_get(4)?,
+        scopes: r.try_get(5)?,
+        has_refresh_token: r.try_get(6)?,
+        token_type: r.try_get(7)?,
+        metadata: r.try_get(8)?,
+        created_at: r.try_get(9)?,
+        updated_at: r.try_get(10)?,
+        refresh_due: r.try_get(11)?,
+        last_refresh_at: r.try_get(12)?,
+        last_error: r.try_get(13)?,
+        failure_count: r.try_get(14)?,
+        next_attempt_at: r.try_get(15)?,
+    }
+    .decode(address)
 }
 
 fn address_of(r: &Row) -> Result<SecretAddress> {
@@ -587,6 +562,27 @@ async fn write_secret(
     let status = w.meta.status.as_str();
     let m = &w.meta;
     let r = &m.refresh;
+    // $1 to $18 of both statements below.
+    let columns: [&(dyn ToSql + Sync); 18] = [
+        &e,
+        &p,
+        &pl,
+        &k.version,
+        &w.sealed,
+        &w.key_id,
+        &status,
+        &k.valid_until,
+        &k.scopes,
+        &m.has_refresh_token,
+        &m.token_type,
+        &k.metadata,
+        &k.at,
+        &k.refresh_due,
+        &k.last_refresh_at,
+        &r.last_error,
+        &k.failure_count,
+        &k.next_attempt_at,
+    ];
     match expected {
         None => {
             let stmt = c
@@ -600,27 +596,7 @@ async fn write_secret(
                      ON CONFLICT (environment, project, platform) DO NOTHING",
                 )
                 .await?;
-            let params: [&(dyn ToSql + Sync); 18] = [
-                &e,
-                &p,
-                &pl,
-                &k.version,
-                &w.sealed,
-                &w.key_id,
-                &status,
-                &k.valid_until,
-                &k.scopes,
-                &m.has_refresh_token,
-                &m.token_type,
-                &k.metadata,
-                &k.at,
-                &k.refresh_due,
-                &k.last_refresh_at,
-                &r.last_error,
-                &k.failure_count,
-                &k.next_attempt_at,
-            ];
-            Ok(c.execute(&stmt, &params).await? == 1)
+            Ok(c.execute(&stmt, &columns).await? == 1)
         }
         Some(old) => {
             let old = i64_of(old)?;
@@ -636,27 +612,8 @@ async fn write_secret(
                        AND version = $19",
                 )
                 .await?;
-            let params: [&(dyn ToSql + Sync); 19] = [
-                &e,
-                &p,
-                &pl,
-                &k.version,
-                &w.sealed,
-                &w.key_id,
-                &status,
-                &k.valid_until,
-                &k.scopes,
-                &m.has_refresh_token,
-                &m.token_type,
-                &k.metadata,
-                &k.at,
-                &k.refresh_due,
-                &k.last_refresh_at,
-                &r.last_error,
-                &k.failure_count,
-                &k.next_attempt_at,
-                &old,
-            ];
+            let mut params = columns.to_vec();
+            params.push(&old);
             Ok(c.execute(&stmt, &params).await? == 1)
         }
     }
@@ -690,10 +647,6 @@ fn entry_from_row(row: &Row) -> Result<AuditEntry> {
 
 const AUDIT_COLUMNS: &str = "seq, at_ms, request_id, engine_id, action, environment, project,
     platform, outcome, detail, mac";
-
-fn ttl_ms(ttl: Duration) -> i64 {
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
-}
 
 /// The group-commit writer: takes every usage record waiting, appends them
 /// in one transaction, answers each caller. Ends when the store is dropped.

@@ -16,11 +16,12 @@ use crate::chain::{
     Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, checkpoint_signature,
     from_ms, mac_version, ms, signed, verify_rows,
 };
+use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
 use crate::{
     AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditQuery, AuditRecord,
     AuditVerification, EngineRecord, Error, KeyUsage, LeaseOutcome, NewNotification,
-    PendingNotification, RefreshState, Result, RewrapItem, Rewrapped, SecretMeta, SecretStatus,
-    SecretStore, SecretWrite, StoreStats, StoredSecret,
+    PendingNotification, RefreshState, Result, RewrapItem, Rewrapped, SecretStatus, SecretStore,
+    SecretWrite, StoreStats, StoredSecret,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -343,61 +344,31 @@ fn prepare_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn u64_of(v: i64, what: &str) -> Result<u64> {
-    u64::try_from(v).map_err(|_| Error::Corrupt(format!("{what} {v} is negative")))
-}
-
-fn i64_of(v: u64) -> Result<i64> {
-    i64::try_from(v).map_err(|_| Error::Invalid("version out of range"))
-}
-
 const SELECT_SECRET: &str = "SELECT version, sealed, key_id, status, valid_until_ms, scopes,
         has_refresh_token, token_type, metadata, created_at_ms, updated_at_ms,
         refresh_due_ms, last_refresh_at_ms, last_error, failure_count, next_attempt_at_ms
      FROM secrets WHERE environment = ?1 AND project = ?2 AND platform = ?3";
 
-fn opt_ms(v: Option<i64>) -> Result<Option<OffsetDateTime>> {
-    v.map(from_ms).transpose()
-}
-
 fn secret_from_row(address: &SecretAddress, r: &rusqlite::Row<'_>) -> Result<StoredSecret> {
-    let status: String = r.get(3)?;
-    let status = SecretStatus::parse(&status)
-        .ok_or_else(|| Error::Corrupt(format!("unknown status {status:?}")))?;
-    let scopes: String = r.get(5)?;
-    let scopes: Vec<String> = serde_json::from_str(&scopes)
-        .map_err(|_| Error::Corrupt("scopes column is not a JSON array".into()))?;
-    let metadata: Option<String> = r.get(8)?;
-    let metadata = metadata
-        .map(|m| serde_json::from_str(&m))
-        .transpose()
-        .map_err(|_| Error::Corrupt("metadata column is not a JSON object".into()))?;
-    let failures: i64 = r.get(14)?;
-    Ok(StoredSecret {
-        address: address.clone(),
-        version: u64_of(r.get(0)?, "version")?,
+    SecretRow {
+        version: r.get(0)?,
         sealed: r.get(1)?,
         key_id: r.get(2)?,
-        meta: SecretMeta {
-            status,
-            valid_until: opt_ms(r.get(4)?)?,
-            scopes,
-            has_refresh_token: r.get(6)?,
-            token_type: r.get(7)?,
-            metadata,
-            refresh: RefreshState {
-                refresh_due: opt_ms(r.get(11)?)?,
-                last_refresh_at: opt_ms(r.get(12)?)?,
-                last_error: r.get(13)?,
-                failure_count: u32::try_from(failures).map_err(|_| {
-                    Error::Corrupt(format!("failure count {failures} out of range"))
-                })?,
-                next_attempt_at: opt_ms(r.get(15)?)?,
-            },
-        },
-        created_at: from_ms(r.get(9)?)?,
-        updated_at: from_ms(r.get(10)?)?,
-    })
+        status: r.get(3)?,
+        valid_until: r.get(4)?,
+        scopes: r.get(5)?,
+        has_refresh_token: r.get(6)?,
+        token_type: r.get(7)?,
+        metadata: r.get(8)?,
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+        refresh_due: r.get(11)?,
+        last_refresh_at: r.get(12)?,
+        last_error: r.get(13)?,
+        failure_count: r.get(14)?,
+        next_attempt_at: r.get(15)?,
+    }
+    .decode(address)
 }
 
 fn read_secret(conn: &Connection, address: &SecretAddress) -> Result<Option<StoredSecret>> {
@@ -817,10 +788,6 @@ fn due_for_refresh(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     addresses(rows)
-}
-
-fn ttl_ms(ttl: Duration) -> i64 {
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Takes the lease in the writer's transaction (the caller commits).

@@ -20,13 +20,10 @@ async fn execute(config: &Config, cmd: AuditCommand) -> Result<ExitCode, String>
     let opened = crate::startup::open_vault(config, false)
         .await
         .map_err(|e| e.to_string())?;
-    let store = opened.store;
+    let store = &opened.store;
     match cmd {
         AuditCommand::Verify => {
-            let v = store
-                .verify_audit(opened.audit_keys)
-                .await
-                .map_err(|e| e.to_string())?;
+            let v = opened.verify_audit().await?;
             let last = v
                 .last_verified_seq
                 .map_or_else(|| "none".to_owned(), |s| s.to_string());

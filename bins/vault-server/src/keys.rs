@@ -175,11 +175,7 @@ pub fn restore(config_path: Option<&Path>, file: &Path) -> ExitCode {
         // available and the usage-log keys open.
         match crate::startup::open_vault(&config, false).await {
             Ok(opened) => {
-                let v = opened
-                    .store
-                    .verify_audit(opened.audit_keys)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let v = opened.verify_audit().await?;
                 eprintln!(
                     "restored {} to {}; usage log: {} record(s), {}",
                     file.display(),

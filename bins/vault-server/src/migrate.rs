@@ -28,11 +28,7 @@ async fn migrate(config: Config, to: &str) -> Result<ExitCode, String> {
     let source = crate::startup::open_vault(&config, false)
         .await
         .map_err(|e| format!("the SQLite vault does not open: {e}"))?;
-    let before = source
-        .store
-        .verify_audit(std::sync::Arc::clone(&source.audit_keys) as _)
-        .await
-        .map_err(|e| e.to_string())?;
+    let before = source.verify_audit().await?;
     drop(source);
 
     let mut current: Option<(String, Progress)> = None;
@@ -72,11 +68,7 @@ async fn migrate(config: Config, to: &str) -> Result<ExitCode, String> {
     let copy = crate::startup::open_vault(&pg, false)
         .await
         .map_err(|e| format!("the copy in {target} does not open: {e}"))?;
-    let after = copy
-        .store
-        .verify_audit(std::sync::Arc::clone(&copy.audit_keys) as _)
-        .await
-        .map_err(|e| e.to_string())?;
+    let after = copy.verify_audit().await?;
     if after.problem != before.problem || after.verified != before.verified {
         return Err(format!(
             "the usage log in {target} does not verify as the original did \

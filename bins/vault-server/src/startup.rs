@@ -125,6 +125,17 @@ pub struct Opened {
     pub audit_keys: Arc<AuditKeyring>,
 }
 
+impl Opened {
+    /// Walks the whole usage log with this vault's keys (for the command
+    /// line: the error is its message).
+    pub async fn verify_audit(&self) -> Result<vault_secret_store::AuditVerification, String> {
+        self.store
+            .verify_audit(Arc::clone(&self.audit_keys) as _)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Opens the configured vault for a command-line tool: the same checks as
 /// the server's start (the key provider works and holds every key the
 /// database needs). `allow_create`: a missing key file may be created as

@@ -58,7 +58,7 @@ pub use keys::{
 pub use manager::{RefreshPolicy, TokenManager, TokenManagerBuilder};
 pub use model::{
     DeleteOutcome, IssuedToken, RequestContext, Revocation, RevocationOutcome, SecretInfo,
-    StoreBody, StoreRequest, TokenData, describe_json_error, limits,
+    StoreBody, StoreRequest, TokenData, describe_json_error, limits, scope_list,
 };
 pub use notify::{SIGNATURE_HEADER, sign_webhook};
 pub use vault_secret_store::{

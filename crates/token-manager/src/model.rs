@@ -58,7 +58,9 @@ pub struct TokenData {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub refresh_token: Option<Secret>,
     /// Lifetime of the access token in seconds; `None`: it does not expire.
-    #[serde(default)]
+    /// A whole number written as a float (`3600.0`) counts, as JSON Schema
+    /// says it does.
+    #[serde(default, deserialize_with = "whole_seconds")]
     pub expires_in: Option<u64>,
     /// Scopes granted to the token.
     #[serde(default)]
@@ -66,6 +68,31 @@ pub struct TokenData {
     /// Token type; `Bearer` when not given.
     #[serde(default)]
     pub token_type: Option<String>,
+}
+
+/// `null`, a non-negative integer, or a float with no fractional part.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Seconds {
+        Int(u64),
+        Float(f64),
+    }
+    match Option::<Seconds>::deserialize(d)? {
+        None => Ok(None),
+        Some(Seconds::Int(n)) => Ok(Some(n)),
+        // 2^64 itself rounds to u64::MAX below, so it is refused too.
+        Some(Seconds::Float(f))
+            if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_615.0).contains(&f) =>
+        {
+            Ok(Some(f as u64))
+        }
+        Some(Seconds::Float(_)) => Err(serde::de::Error::custom(
+            "expires_in must be a whole number of seconds",
+        )),
+    }
 }
 
 impl TokenData {
@@ -278,12 +305,30 @@ fn check_token(field: &str, token: &Secret) -> Result<()> {
             limits::MAX_TOKEN_BYTES
         )));
     }
-    if token.expose().chars().any(char::is_control) {
+    // RFC 6749 Appendix A.12 and A.17: tokens are printable ASCII (VSCHAR).
+    if !token.expose().bytes().all(|b| (0x20..=0x7e).contains(&b)) {
         return Err(Error::InvalidInput(format!(
-            "{field} must not contain control characters"
+            "{field} must be printable ASCII"
         )));
     }
     Ok(())
+}
+
+/// Parses a comma-separated list of scopes (`""` is none), each checked
+/// as a stored token's scopes are; duplicates are dropped.
+pub fn scope_list(list: &str) -> Result<Vec<String>> {
+    if list.is_empty() {
+        return Ok(Vec::new());
+    }
+    let scopes: Vec<String> = list.split(',').map(str::to_owned).collect();
+    normalise_scopes(&scopes, "scopes")
+}
+
+/// A character of a scope: RFC 6749 §3.3's scope-token (printable ASCII
+/// but space, `"` and `\`), without the comma that separates scopes in
+/// queries.
+fn scope_char(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x5b | 0x5d..=0x7e)
 }
 
 /// Validates scopes and removes duplicates, keeping the first occurrence.
@@ -296,13 +341,10 @@ pub(crate) fn normalise_scopes(scopes: &[String], field: &str) -> Result<Vec<Str
     }
     let mut out: Vec<String> = Vec::with_capacity(scopes.len());
     for s in scopes {
-        if s.is_empty()
-            || s.len() > limits::MAX_SCOPE_BYTES
-            || s.chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == ',')
-        {
+        if s.is_empty() || s.len() > limits::MAX_SCOPE_BYTES || !s.bytes().all(scope_char) {
             return Err(Error::InvalidInput(format!(
-                "each of {field} must be 1 to {} characters without spaces or commas",
+                "each of {field} must be 1 to {} printable ASCII characters without spaces, \
+                 commas, quotes or backslashes",
                 limits::MAX_SCOPE_BYTES
             )));
         }

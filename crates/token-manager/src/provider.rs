@@ -379,11 +379,8 @@ fn transport_error(e: &reqwest::Error) -> ProviderError {
     }
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
+fn retry_after(value: Option<&str>) -> Option<Duration> {
+    value?
         .trim()
         .parse::<u64>()
         .ok()
@@ -492,33 +489,94 @@ impl HttpProvider {
         req.send().await.map_err(|e| transport_error(&e))
     }
 
-    /// Turns a provider answer into JSON, or the error it stands for.
-    async fn answer(&self, res: reqwest::Response) -> Result<serde_json::Value, ProviderError> {
-        let status = res.status();
-        if status.as_u16() == 429 {
-            return Err(ProviderError::RateLimited {
-                retry_after: retry_after(res.headers()),
-            });
-        }
-        if status.is_server_error() {
-            return Err(ProviderError::Server(status.as_u16()));
-        }
-        let body = read_body(res).await?;
-        let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        if !status.is_success() {
-            return Err(match json {
-                Some(j) => classify_error_code(error_code(&j)),
-                None => ProviderError::Rejected(format!("http_{}", status.as_u16())),
-            });
-        }
-        let json = json
-            .filter(serde_json::Value::is_object)
-            .ok_or(ProviderError::InvalidResponse)?;
-        if self.def().quirks.ok_envelope && json.get("ok") != Some(&serde_json::Value::Bool(true)) {
-            return Err(classify_error_code(error_code(&json)));
-        }
-        Ok(json)
+    /// Reads a provider's answer off the wire: status, `Retry-After` and
+    /// body. The body of a 429 or 5xx is never read.
+    async fn receive(
+        &self,
+        res: reqwest::Response,
+    ) -> Result<(u16, Option<String>, Vec<u8>), ProviderError> {
+        let status = res.status().as_u16();
+        let retry = res
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = if status == 429 || status >= 500 {
+            Vec::new()
+        } else {
+            read_body(res).await?
+        };
+        Ok((status, retry, body))
     }
+}
+
+/// Parses a provider's answer to a token or revocation request: its HTTP
+/// `status`, its `Retry-After` header and its `body`.
+///
+/// Returns the JSON object of a successful answer, or the error it stands
+/// for. Pure, so that it can be tested and fuzzed without a network. The
+/// error carries nothing from the body but a short identifier-like error
+/// code, so a provider echoing a token cannot put it in our logs.
+pub fn read_answer(
+    def: &ProviderDefinition,
+    status: u16,
+    retry_after_header: Option<&str>,
+    body: &[u8],
+) -> Result<serde_json::Value, ProviderError> {
+    if status == 429 {
+        return Err(ProviderError::RateLimited {
+            retry_after: retry_after(retry_after_header),
+        });
+    }
+    if (500..600).contains(&status) {
+        return Err(ProviderError::Server(status));
+    }
+    if body.len() > MAX_RESPONSE_BYTES {
+        return Err(ProviderError::InvalidResponse);
+    }
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    if !(200..300).contains(&status) {
+        return Err(match json {
+            Some(j) => classify_error_code(error_code(&j)),
+            None => ProviderError::Rejected(format!("http_{status}")),
+        });
+    }
+    let json = json
+        .filter(serde_json::Value::is_object)
+        .ok_or(ProviderError::InvalidResponse)?;
+    if def.quirks.ok_envelope && json.get("ok") != Some(&serde_json::Value::Bool(true)) {
+        return Err(classify_error_code(error_code(&json)));
+    }
+    Ok(json)
+}
+
+/// Parses a provider's answer to a refresh request (RFC 6749 §5.1) into the
+/// new tokens, or the error it stands for; see [`read_answer`].
+pub fn read_refresh_answer(
+    def: &ProviderDefinition,
+    status: u16,
+    retry_after_header: Option<&str>,
+    body: &[u8],
+) -> Result<Refreshed, ProviderError> {
+    let json = read_answer(def, status, retry_after_header, body)?;
+    let access_token = secret_field(&json, "access_token").ok_or(ProviderError::InvalidResponse)?;
+    let scopes = json.get("scope").and_then(|s| s.as_str()).map(|s| {
+        s.split(def.scope_separator.as_str())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    });
+    Ok(Refreshed {
+        access_token,
+        refresh_token: secret_field(&json, "refresh_token"),
+        expires_in: parse_expires_in(json.get("expires_in"))?,
+        scopes,
+        token_type: json
+            .get("token_type")
+            .and_then(|t| t.as_str())
+            .map(str::to_owned),
+    })
 }
 
 #[async_trait]
@@ -542,26 +600,8 @@ impl Provider for HttpProvider {
             ("refresh_token", refresh_token.expose().to_owned()),
         ];
         let res = self.post(&url, fields, true).await?;
-        let json = self.answer(res).await?;
-        let access_token =
-            secret_field(&json, "access_token").ok_or(ProviderError::InvalidResponse)?;
-        let scopes = json.get("scope").and_then(|s| s.as_str()).map(|s| {
-            s.split(self.def().scope_separator.as_str())
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        });
-        Ok(Refreshed {
-            access_token,
-            refresh_token: secret_field(&json, "refresh_token"),
-            expires_in: parse_expires_in(json.get("expires_in"))?,
-            scopes,
-            token_type: json
-                .get("token_type")
-                .and_then(|t| t.as_str())
-                .map(str::to_owned),
-        })
+        let (status, retry, body) = self.receive(res).await?;
+        read_refresh_answer(self.def(), status, retry.as_deref(), &body)
     }
 
     async fn revoke(&self, token: &Secret, kind: TokenKind) -> Result<(), ProviderError> {
@@ -583,7 +623,8 @@ impl Provider for HttpProvider {
             fields.push(("token_type_hint", kind.hint().to_owned()));
         }
         let res = self.post(&url, fields, client_auth).await?;
-        match self.answer(res).await {
+        let (status, retry, body) = self.receive(res).await?;
+        match read_answer(def, status, retry.as_deref(), &body) {
             Ok(_) => Ok(()),
             // RFC 7009 §2.2: an invalid token counts as revoked; a grant-wide
             // revocation already killed the second token of the pair.

@@ -10,12 +10,77 @@ use vault_token_manager::provider::{AuthKind, BodyFormat, ClientAuth, ProviderDe
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file or environment could not be read or parsed.
+    /// The file or environment could not be read or parsed. The message
+    /// quotes no line of the file and no password of a connection string.
     #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(String),
     /// A value is out of range or inconsistent.
     #[error("configuration: {0}")]
     Invalid(String),
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        Self::Load(redact_credentials(&without_snippets(&e.to_string())))
+    }
+}
+
+/// Drops the quoted source lines of a TOML parse error (`4 | url = "…`),
+/// keeping where and what: a broken line may hold a connection string.
+fn without_snippets(message: &str) -> String {
+    message
+        .lines()
+        .filter(|line| {
+            let rest = line
+                .trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit());
+            !rest.trim_start().starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Replaces the password of every `scheme://user:password@host` and every
+/// `password=…` in `text` with `***`.
+pub(crate) fn redact_credentials(text: &str) -> String {
+    // Passwords are not always percent-encoded: a raw `/` or `?` in one must
+    // not end it early, so a URL runs to the next space or quote.
+    let stops = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '&');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c != '&' && stops(c))
+            .unwrap_or(tail.len());
+        let url = &tail[..end];
+        match url
+            .rfind('@')
+            .and_then(|at| url[..at].find(':').map(|colon| (colon, at)))
+        {
+            Some((colon, at)) => {
+                out.push_str(&url[..=colon]);
+                out.push_str("***");
+                out.push_str(&url[at..]);
+            }
+            None => out.push_str(url),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    // Key-value connection strings and URL query parameters.
+    let mut text = out;
+    let mut from = 0;
+    while let Some(i) = text[from..].to_ascii_lowercase().find("password=") {
+        let start = from + i + "password=".len();
+        let len = text[start..]
+            .find(|c: char| c == '&' || stops(c))
+            .unwrap_or(text.len() - start);
+        text.replace_range(start..start + len, "***");
+        from = start + 3;
+    }
+    text
 }
 
 /// The whole configuration. Unknown keys are rejected.
@@ -1058,6 +1123,26 @@ pub(crate) fn check_url(what: &str, url: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credentials_are_redacted_from_messages() {
+        use super::redact_credentials as r;
+        assert_eq!(
+            r("bad \"postgres://vault:s3cr/t?x@db:5432/vault\" here"),
+            "bad \"postgres://vault:***@db:5432/vault\" here"
+        );
+        assert_eq!(r("postgres://db/vault"), "postgres://db/vault");
+        assert_eq!(r("postgres://vault@db/vault"), "postgres://vault@db/vault");
+        assert_eq!(
+            r("host=db password=hunter2 user=vault"),
+            "host=db password=*** user=vault"
+        );
+        assert_eq!(
+            r("postgres://db/v?Password=a/b&sslmode=require"),
+            "postgres://db/v?Password=***&sslmode=require"
+        );
+        assert_eq!(r("a://b:c@d and e://f:g@h"), "a://b:***@d and e://f:***@h");
+    }
+
     use super::*;
 
     #[test]

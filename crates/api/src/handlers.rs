@@ -256,7 +256,11 @@ async fn secret_request<Q: serde::de::DeserializeOwned + Query>(
         Ok(a) => a,
         Err(e) => return Err(refuse(state, &caller.ctx, action, None, e).await),
     };
-    authorize(state, &caller, action, &address, &query.scopes()).await?;
+    let scopes = match query.scopes() {
+        Ok(s) => s,
+        Err(e) => return Err(refuse(state, &caller.ctx, action, Some(&address), e).await),
+    };
+    authorize(state, &caller, action, &address, &scopes).await?;
     Ok((caller, query, address))
 }
 
@@ -264,9 +268,9 @@ async fn secret_request<Q: serde::de::DeserializeOwned + Query>(
 pub(crate) trait Query {
     /// `?env=`.
     fn env(&self) -> Option<&str>;
-    /// `?scopes=`, split and trimmed.
-    fn scopes(&self) -> Vec<String> {
-        Vec::new()
+    /// `?scopes=`, split at commas and checked.
+    fn scopes(&self) -> Result<Vec<String>, ApiError> {
+        Ok(Vec::new())
     }
 }
 
@@ -281,15 +285,14 @@ impl Query for TokenQuery {
         self.env.as_deref()
     }
 
-    fn scopes(&self) -> Vec<String> {
-        self.scopes
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()
+    fn scopes(&self) -> Result<Vec<String>, ApiError> {
+        vault_token_manager::scope_list(self.scopes.as_deref().unwrap_or("")).map_err(|e| {
+            ApiError::new(
+                ErrorKind::InvalidInput,
+                "invalid_query",
+                format!("scopes: {e}"),
+            )
+        })
     }
 }
 
@@ -310,7 +313,7 @@ pub(crate) async fn fetch(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (caller, query, address) = secret_request::<TokenQuery>(&state, &req, Action::Read).await?;
-    let required = query.scopes();
+    let required = query.scopes()?;
     let token = state
         .inner
         .tokens
@@ -398,6 +401,7 @@ pub(crate) async fn delete(
     params(("project" = String, Path)),
     responses(
         (status = 200, description = "Every secret of the project the caller may delete", body = DeleteProjectBody),
+        (status = 404, description = "No secret of the project that the caller may delete", body = ErrorBody),
         CommonErrors
     ),
     security(("engine_id" = [], "engine_token" = []))
@@ -645,14 +649,19 @@ pub(crate) async fn openapi() -> HttpResponse {
     HttpResponse::Ok().json(crate::openapi::document())
 }
 
-/// Any method a route does not support.
-pub(crate) async fn method_not_allowed() -> HttpResponse {
-    ApiError::with_status(
+/// Any method a route does not support; `allow` is the one it does.
+pub(crate) async fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut res = ApiError::with_status(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this route does not support that method",
     )
-    .error_response()
+    .error_response();
+    res.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static(allow),
+    );
+    res
 }
 
 /// Any path that is not a route.

@@ -136,10 +136,13 @@ impl Routes<'_> {
             _ => "OTHER",
         };
         self.table.push((name, path));
+        // Every resource has one method: that is the whole `Allow` header
+        // of its 405 answers (RFC 9110 §15.5.6).
+        let allow = if name == "OTHER" { "" } else { name };
         self.cfg.service(
             web::resource(path)
                 .route(web::method(method).to(handler))
-                .default_service(web::to(handlers::method_not_allowed)),
+                .default_service(web::to(move || handlers::method_not_allowed(allow))),
         );
         self
     }

@@ -190,6 +190,8 @@ struct ApiDoc;
 /// security schemes and every error code.
 pub(crate) fn document() -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    doc["paths"]["/vault/store"]["post"]["responses"]["201"]["links"] = store_links();
+    constrain(&mut doc);
     doc["components"]["securitySchemes"] = serde_json::json!({
         "engine_id": {
             "type": "apiKey", "in": "header", "name": "X-Engine-Id",
@@ -211,6 +213,129 @@ pub(crate) fn document() -> serde_json::Value {
         format!("The error.\n\n| code | status | meaning |\n|---|---|---|{table}"),
     );
     doc
+}
+
+/// Characters of one scope: RFC 6749 §3.3 without the comma.
+const SCOPE_CHARS: &str = r"\x21\x23-\x2b\x2d-\x5b\x5d-\x7e";
+
+/// Writes the rules the handlers enforce into the document, so that a
+/// request generated from it is accepted exactly when the server accepts
+/// it (the schemathesis suite holds the two to that).
+fn constrain(doc: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    use vault_token_manager::limits;
+    let identifier = json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": vault_types::MAX_IDENTIFIER_LEN,
+        "pattern": "^[A-Za-z0-9._:-]+$",
+    });
+    let nullable = |schema: &Value| {
+        let mut s = schema.clone();
+        s["type"] = json!(["string", "null"]);
+        s
+    };
+    let scope = format!("[{SCOPE_CHARS}]{{1,{}}}", limits::MAX_SCOPE_BYTES);
+    let keep_description = |target: &mut Value, schema: Value| {
+        let description = target.get("description").cloned();
+        *target = schema;
+        if let Some(d) = description {
+            target["description"] = d;
+        }
+    };
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for op in item.values_mut() {
+                let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+                    continue;
+                };
+                for p in params {
+                    let name = p["name"].as_str().unwrap_or_default().to_owned();
+                    let schema = match name.as_str() {
+                        "project" | "platform" | "env" | "environment" | "engine" => {
+                            identifier.clone()
+                        }
+                        "scopes" => json!({
+                            "type": "string",
+                            "pattern": format!(
+                                "^({scope}(,{scope}){{0,{}}})?$",
+                                limits::MAX_SCOPES - 1
+                            ),
+                        }),
+                        "action" => json!({
+                            "type": "string",
+                            "enum": ["store", "read", "delete", "refresh", "revoke", "status", "admin"],
+                        }),
+                        "since" | "until" => json!({"type": "string", "format": "date-time"}),
+                        "limit" => json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+                        "cursor" => json!({"type": "integer", "format": "int64", "minimum": 1}),
+                        "target" => json!({"type": "string", "enum": ["master", "audit"]}),
+                        _ => continue,
+                    };
+                    keep_description(&mut p["schema"], schema);
+                }
+            }
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    let store = &mut schemas["StoreBody"]["properties"];
+    keep_description(&mut store["project_id"], identifier.clone());
+    keep_description(&mut store["platform"], identifier.clone());
+    keep_description(&mut store["environment"], nullable(&identifier));
+    keep_description(&mut store["engine_id"], nullable(&identifier));
+    let token = json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": limits::MAX_TOKEN_BYTES,
+        "pattern": "^[\\x20-\\x7e]+$",
+    });
+    let data = &mut schemas["TokenData"]["properties"];
+    keep_description(&mut data["access_token"], token.clone());
+    keep_description(&mut data["refresh_token"], nullable(&token));
+    data["expires_in"]["maximum"] = json!(limits::MAX_EXPIRES_IN);
+    data["scopes"]["maxItems"] = json!(limits::MAX_SCOPES);
+    data["scopes"]["items"] = json!({"type": "string", "pattern": format!("^{scope}$")});
+    keep_description(
+        &mut data["token_type"],
+        json!({
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": limits::MAX_TOKEN_TYPE_BYTES,
+            "pattern": "^[A-Za-z0-9._-]+$",
+        }),
+    );
+}
+
+/// OpenAPI links from a stored secret to the operations on it, so that
+/// clients and stateful testers can follow a store with a read, a status,
+/// a refresh and a delete of the same address.
+fn store_links() -> serde_json::Value {
+    let address = serde_json::json!({
+        "path.project": "$response.body#/project",
+        "path.platform": "$response.body#/platform",
+        "query.env": "$response.body#/environment",
+    });
+    let link = |operation: &str, description: &str| {
+        serde_json::json!({
+            "operationId": operation,
+            "parameters": address,
+            "description": description,
+        })
+    };
+    serde_json::json!({
+        "FetchToken": link("fetch", "Read the token just stored"),
+        "Status": link("status", "The stored secret's status"),
+        "Refresh": link("refresh", "Refresh the token just stored"),
+        "Delete": link("delete", "Delete (and revoke) the secret just stored"),
+        "DeleteProject": {
+            "operationId": "delete_project",
+            "parameters": { "path.project": "$response.body#/project" },
+            "description": "Delete every secret of the project",
+        },
+    })
 }
 
 #[cfg(test)]
@@ -240,6 +365,47 @@ mod tests {
             registered,
             "a route was added or changed without its #[utoipa::path] (or the other way round)"
         );
+    }
+
+    #[test]
+    fn store_links_name_real_operations_and_parameters() {
+        let doc = document();
+        let mut operations = std::collections::HashMap::new();
+        for item in doc["paths"].as_object().expect("paths").values() {
+            for op in item.as_object().expect("path item").values() {
+                let params: Vec<String> = op["parameters"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .map(|p| {
+                                format!(
+                                    "{}.{}",
+                                    p["in"].as_str().unwrap_or(""),
+                                    p["name"].as_str().unwrap_or("")
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                operations.insert(op["operationId"].as_str().unwrap_or("").to_owned(), params);
+            }
+        }
+        let links = doc["paths"]["/vault/store"]["post"]["responses"]["201"]["links"]
+            .as_object()
+            .expect("links");
+        let body = &doc["components"]["schemas"]["SecretInfoBody"]["properties"];
+        assert_eq!(links.len(), 5);
+        for (name, link) in links {
+            let params = &operations[link["operationId"].as_str().expect("operationId")];
+            for (param, source) in link["parameters"].as_object().expect("parameters") {
+                assert!(params.contains(param), "{name}: no parameter {param}");
+                let field = source
+                    .as_str()
+                    .and_then(|s| s.strip_prefix("$response.body#/"))
+                    .expect("a body field");
+                assert!(body.get(field).is_some(), "{name}: no field {field}");
+            }
+        }
     }
 
     #[test]

@@ -92,13 +92,16 @@ async fn unknown_routes_and_methods() {
         .await
         .unwrap();
     assert_error(res, 404, "route_not_found").await;
-    for (method, path) in [
-        (reqwest::Method::GET, "/vault/store"),
-        (reqwest::Method::POST, "/vault/token/pf_203/slack"),
-        (reqwest::Method::GET, "/vault/delete/pf_203/slack"),
-        (reqwest::Method::POST, "/healthz"),
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/vault/store", "POST"),
+        (reqwest::Method::POST, "/vault/token/pf_203/slack", "GET"),
+        (reqwest::Method::GET, "/vault/delete/pf_203/slack", "DELETE"),
+        (reqwest::Method::POST, "/healthz", "GET"),
+        (reqwest::Method::TRACE, "/vault/audit", "GET"),
     ] {
         let res = app.as_engine(method, path, ADMIN).send().await.unwrap();
+        // RFC 9110: a 405 names the methods the route does support.
+        assert_eq!(res.headers()["allow"], allow, "{path}");
         assert_error(res, 405, "method_not_allowed").await;
     }
 }

@@ -35,10 +35,20 @@ async fn required_scopes() {
         "?scopes=chat:write",
         "?scopes=chat:write,users:read",
         "?scopes=",
-        "?scopes=users:read,,chat:write",
+        "?scopes=users:read,chat:write,users:read",
     ] {
         let res = app.get(&format!("/vault/token/pf_203/slack{ok}")).await;
         assert_eq!(res.status().as_u16(), 200, "{ok}");
+    }
+    // Exactly the documented list: no empty items, spaces or quotes.
+    for bad in [
+        "?scopes=users:read,,chat:write",
+        "?scopes=,chat:write",
+        "?scopes=chat:write%20",
+        "?scopes=chat%22write",
+    ] {
+        let res = app.get(&format!("/vault/token/pf_203/slack{bad}")).await;
+        assert_error(res, 400, "invalid_query").await;
     }
     let msg = assert_error(
         app.get("/vault/token/pf_203/slack?scopes=chat:write,admin")

@@ -141,16 +141,25 @@ impl Opened {
 /// database needs). `allow_create`: a missing key file may be created as
 /// the server would (only while the database holds nothing sealed).
 pub async fn open_vault(config: &Config, allow_create: bool) -> Result<Opened, StartupError> {
-    open_vault_with_clock(config, allow_create, Arc::new(SystemClock), false).await
+    open_vault_with_clock(config, allow_create, Arc::new(SystemClock), false, None).await
 }
+
+/// Wraps the store a vault opens, before anything uses it: a layer that
+/// measures, traces or (in tests) injects faults.
+pub type StoreLayer = Box<dyn FnOnce(Arc<dyn SecretStore>) -> Arc<dyn SecretStore> + Send>;
 
 async fn open_vault_with_clock(
     config: &Config,
     allow_create: bool,
     clock: Arc<dyn Clock>,
     notifications: bool,
+    layer: Option<StoreLayer>,
 ) -> Result<Opened, StartupError> {
     let store = open_store(config).await?;
+    let store = match layer {
+        Some(layer) => layer(store),
+        None => store,
+    };
     let in_use = store.key_ids_in_use().await?;
     let keys = load_keys(config, &in_use, allow_create).await?;
     let tokens = TokenManager::builder(Arc::clone(&store), Envelope::new(keys), clock)
@@ -689,11 +698,21 @@ impl Application {
         config: &Config,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
+        Self::build_with_layer(config, clock, None).await
+    }
+
+    /// [`Application::build_with_clock`] with the store wrapped in `layer`.
+    pub async fn build_with_layer(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+        layer: Option<StoreLayer>,
+    ) -> Result<Self, StartupError> {
         // The same checks as every tool: the key provider works, holds every
         // key the database needs and opens the usage-log keys, which chain
         // every record from now on.
         let opened =
-            open_vault_with_clock(config, true, clock, config.notifications.is_some()).await?;
+            open_vault_with_clock(config, true, clock, config.notifications.is_some(), layer)
+                .await?;
         let store = opened.store;
         let access = resolver(config, &store).await?;
         let notifier = match &config.notifications {

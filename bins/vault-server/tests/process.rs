@@ -1950,3 +1950,166 @@ fn soak_under_mixed_load_stays_flat() {
     s.signal("-TERM");
     assert!(s.wait().success());
 }
+
+/// A small tmpfs mounted for one test (needs root); unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(path.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `path` until it refuses another byte.
+fn fill_disk(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 16 * 1024];
+    while f.write_all(&chunk).is_ok() && f.sync_data().is_ok() {}
+    let small = [0u8; 512];
+    while f.write_all(&small).is_ok() && f.sync_data().is_ok() {}
+}
+
+/// A full disk under the SQLite database: requests that need to write get
+/// a clear 503 (nothing half-written, no token handed out without its usage
+/// record), the server keeps running, and it recovers on its own once there
+/// is space again.
+#[test]
+fn a_full_disk_gives_clear_503s_and_the_vault_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("vault-data"), "6m") else {
+        assert!(
+            std::env::var_os("VAULT_TEST_REQUIRE_FULL_DISK").is_none(),
+            "VAULT_TEST_REQUIRE_FULL_DISK is set but a tmpfs cannot be mounted here"
+        );
+        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    };
+    let mut s = start(dir.path(), &[("VAULT__REFRESH__BACKGROUND", "false")]).unwrap();
+    let token = dev_token(dir.path());
+    let value = |i: usize| format!("disk-{i}-{}", "x".repeat(8_000));
+    let body = |i: usize| {
+        json!({
+            "project_id": "disk",
+            "platform": format!("p{i}"),
+            "token_data": { "access_token": value(i) }
+        })
+    };
+    for i in 0..5 {
+        assert_eq!(store(&s, &token, &body(i)).status().as_u16(), 201);
+    }
+
+    let filler = dir.path().join("vault-data/filler");
+    fill_disk(&filler);
+    let clear_503 = |res: reqwest::blocking::Response| {
+        let body: Value = res.json().unwrap();
+        let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+        assert!(
+            ["storage_unavailable", "audit_unavailable"].contains(&code.as_str()),
+            "{body}"
+        );
+    };
+    let (mut acked, mut refused, mut reads_served) = (Vec::new(), Vec::new(), 0);
+    for i in 5..120 {
+        let res = store(&s, &token, &body(i));
+        match res.status().as_u16() {
+            201 => acked.push(i),
+            503 => {
+                clear_503(res);
+                refused.push(i);
+            }
+            other => panic!("store {i}: {other}"),
+        }
+        let res = get(&s, &token, &format!("/vault/token/disk/p{}", i % 5));
+        match res.status().as_u16() {
+            200 => {
+                reads_served += 1;
+                let body: Value = res.json().unwrap();
+                assert_eq!(body["access_token"], value(i % 5));
+            }
+            503 => clear_503(res),
+            other => panic!("read {i}: {other}"),
+        }
+    }
+    eprintln!(
+        "full disk: {} stores acknowledged, {} refused; {reads_served} of 115 reads served",
+        acked.len(),
+        refused.len()
+    );
+    assert!(
+        refused.len() > 50,
+        "the disk was full: {} refused",
+        refused.len()
+    );
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "the server kept running"
+    );
+
+    // Space returns: the same requests succeed, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    for &i in &refused {
+        let res = get(&s, &token, &format!("/vault/token/disk/p{i}"));
+        // A refused store left nothing behind (or, at most, all of it).
+        match res.status().as_u16() {
+            404 => {}
+            200 => assert_eq!(res.json::<Value>().unwrap()["access_token"], value(i)),
+            other => panic!("after a refused store {i}: {other}"),
+        }
+        assert_eq!(
+            store(&s, &token, &body(i)).status().as_u16(),
+            201,
+            "store {i} after recovery"
+        );
+    }
+    for i in 0..120 {
+        let res = get(&s, &token, &format!("/vault/token/disk/p{i}"));
+        assert_eq!(res.status().as_u16(), 200, "{i}");
+        assert_eq!(res.json::<Value>().unwrap()["access_token"], value(i));
+    }
+    assert!(!s.logs().contains("panicked"), "{}", s.logs());
+
+    // After a crash: integrity, the chain, and a usage record per token served.
+    s.signal("-KILL");
+    s.wait();
+    let conn = rusqlite::Connection::open(dir.path().join("vault-data/vault.db")).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let read_records: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE action = 'read' AND outcome = 'success'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    assert!(
+        read_records >= reads_served + 120,
+        "{read_records} read records for {} reads served",
+        reads_served + 120
+    );
+    let (code, out) = audit_cli(dir.path(), &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    drop(disk);
+}

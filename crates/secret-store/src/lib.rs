@@ -9,7 +9,12 @@
 //!
 //! [`SqliteStore`] is the embedded default: one file, WAL mode,
 //! `synchronous=FULL`, versioned migrations, all blocking calls on tokio's
-//! blocking pool.
+//! blocking pool. [`PostgresStore`] lets several replicas share one
+//! database.
+//!
+//! [`fault::FaultyStore`] wraps any store and fails or delays its calls on
+//! purpose, to prove that the layers above cope (clear errors, nothing
+//! lost, recovery).
 //!
 //! ```
 //! use vault_secret_store::{SecretStore, SqliteStore};
@@ -25,6 +30,7 @@
 
 mod chain;
 mod error;
+pub mod fault;
 mod migrate;
 mod model;
 mod pg_tls;

@@ -6,7 +6,7 @@ use time::macros::datetime;
 use vault_access_resolver::token_sha256_hex;
 use vault_secret_store::{AuditRecord, SecretStore, SqliteStore};
 use vault_server::config::Config;
-use vault_server::startup::Application;
+use vault_server::startup::{Application, StoreLayer};
 use vault_types::{Clock, ManualClock};
 
 /// Engines configured for every test app, with their tokens.
@@ -19,6 +19,7 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
+    pub config: Config,
     pub dir: tempfile::TempDir,
     pub handle: actix_web::dev::ServerHandle,
 }
@@ -47,11 +48,16 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the real server on a free loopback port with a fresh data
 /// directory; `extra` is TOML put before the `[server]` table.
 pub async fn spawn_app_with(extra: &str) -> TestApp {
+    spawn_app_layered(extra, None).await
+}
+
+/// [`spawn_app_with`] with the store wrapped in `layer`.
+pub async fn spawn_app_layered(extra: &str, layer: Option<StoreLayer>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let extra = extra.replace("{dir}", &dir.path().display().to_string());
     let config = Config::from_toml(&config_toml(dir.path(), &extra)).unwrap();
     let clock = Arc::new(ManualClock::new(datetime!(2026-03-01 12:00 UTC)));
-    let app = Application::build_with_clock(&config, Arc::clone(&clock) as Arc<dyn Clock>)
+    let app = Application::build_with_layer(&config, Arc::clone(&clock) as Arc<dyn Clock>, layer)
         .await
         .unwrap();
     let base = format!("http://{}", app.local_addr());
@@ -61,6 +67,7 @@ pub async fn spawn_app_with(extra: &str) -> TestApp {
         base,
         client: reqwest::Client::new(),
         clock,
+        config,
         dir,
         handle,
     }

@@ -12,6 +12,7 @@ mod auth;
 mod authz;
 mod delete;
 mod errors;
+mod faults;
 mod fetch;
 mod helpers;
 mod hostile;

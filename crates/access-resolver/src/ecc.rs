@@ -86,6 +86,9 @@ struct Answer {
     ttl_seconds: Option<u64>,
 }
 
+/// Largest answer read from the core, in bytes: a decision is a few dozen.
+const MAX_ANSWER_BYTES: usize = 16 * 1024;
+
 /// Most cached decisions; past that the cache is emptied of expired ones,
 /// or entirely.
 const MAX_CACHED: usize = 100_000;
@@ -156,10 +159,18 @@ impl EccResolver {
         if !res.status().is_success() {
             return Err(unavailable(&format!("answered {}", res.status().as_u16())));
         }
-        let body = res
-            .bytes()
+        let mut res = res;
+        let mut body = Vec::new();
+        while let Some(chunk) = res
+            .chunk()
             .await
-            .map_err(|_| unavailable("answer unreadable"))?;
+            .map_err(|_| unavailable("answer unreadable"))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(unavailable("answer too large"));
+            }
+            body.extend_from_slice(&chunk);
+        }
         let answer: Answer =
             serde_json::from_slice(&body).map_err(|_| unavailable("answer malformed"))?;
         let ttl = answer.ttl_seconds.map_or(self.config.cache_ttl, |s| {

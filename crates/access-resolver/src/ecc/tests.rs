@@ -21,6 +21,8 @@ enum Behaviour {
     Slow,
     Status(u16),
     Malformed,
+    /// A valid answer padded past the size the vault reads.
+    Huge,
 }
 
 #[derive(Debug)]
@@ -42,6 +44,10 @@ async fn decide(core: web::Data<Core>, body: web::Json<serde_json::Value>) -> Ht
             HttpResponse::build(actix_web::http::StatusCode::from_u16(s).unwrap()).finish()
         }
         Behaviour::Malformed => HttpResponse::Ok().body("{\"allow\": \"yes\"}"),
+        Behaviour::Huge => HttpResponse::Ok().body(format!(
+            "{{\"allow\": true, \"pad\": \"{}\"}}",
+            "x".repeat(1 << 20)
+        )),
         Behaviour::Policy { ttl } => {
             let b = body.into_inner();
             let known = b["engine_id"] == "execution"
@@ -133,6 +139,7 @@ async fn failures_deny_as_unavailable() {
         Behaviour::Status(500),
         Behaviour::Status(403),
         Behaviour::Malformed,
+        Behaviour::Huge,
     ] {
         let (url, _core) = start_core(behaviour.clone());
         let r = resolver(url, Duration::from_secs(30));

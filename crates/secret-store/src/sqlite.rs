@@ -139,11 +139,12 @@ pub struct SqliteOptions {
     pub readers: usize,
     /// How long a statement waits for a lock before failing.
     pub busy_timeout: Duration,
-    /// Group commit of usage records appended on their own (reads): one
-    /// writer commits every record waiting at once, each caller waiting for
-    /// the commit that holds its record. Off: one commit per record.
+    /// Group commit of stores and of usage records appended on their own
+    /// (reads): one writer applies every job waiting in one transaction,
+    /// each store in its own savepoint, and commits once; each caller waits
+    /// for the commit that holds its job. Off: one commit per job.
     pub group_commit: bool,
-    /// Most usage records in one group commit.
+    /// Most jobs in one group commit.
     pub group_commit_max: usize,
 }
 
@@ -158,13 +159,63 @@ impl Default for SqliteOptions {
     }
 }
 
-/// A usage record waiting for the group commit, and who to tell.
-type Pending = (AuditRecord, tokio::sync::oneshot::Sender<Result<()>>);
+/// Who to tell how a group-committed job ended.
+type Reply = tokio::sync::oneshot::Sender<Result<()>>;
 
-/// The group-commit writer: takes every record waiting, commits them in one
-/// transaction, answers each caller. Records queue while a commit runs, so
-/// batches grow with load and a lone record is committed at once. Ends when
-/// the store is dropped.
+/// A store waiting for the group commit: the write, the version it
+/// expects, and the records that describe it.
+struct PutJob {
+    write: SecretWrite,
+    expected: Option<u64>,
+    audit: AuditRecord,
+    notification: Option<NewNotification>,
+}
+
+/// Work for the group-commit writer.
+enum Pending {
+    /// A usage record on its own (a read, a refused request).
+    Audit(AuditRecord, Reply),
+    /// A store with its usage record.
+    Put(Box<PutJob>, Reply),
+}
+
+/// Applies one store inside the batch's transaction, in a savepoint: a
+/// conflict or error undoes this store alone.
+fn put_in_savepoint(tx: &Transaction<'_>, job: &PutJob, mac: Option<&dyn AuditMac>) -> Result<()> {
+    let w = &job.write;
+    if w.version != job.expected.unwrap_or(0) + 1 {
+        return Err(Error::Invalid(
+            "version must be one more than the expected version",
+        ));
+    }
+    tx.execute_batch("SAVEPOINT put")?;
+    let result = (|| {
+        let found = current_version(tx, &w.address)?;
+        if found != job.expected {
+            return Err(Error::Conflict {
+                expected: job.expected,
+                found,
+            });
+        }
+        write_secret(tx, w)?;
+        insert_audit(tx, &job.audit, mac)?;
+        if let Some(n) = &job.notification {
+            insert_notification(tx, job.audit.at, n)?;
+        }
+        Ok(())
+    })();
+    match &result {
+        Ok(()) => tx.execute_batch("RELEASE put")?,
+        Err(_) => tx.execute_batch("ROLLBACK TO put; RELEASE put")?,
+    }
+    result
+}
+
+/// The group-commit writer: takes every job waiting (stores and usage
+/// records), applies them in one transaction, commits once and answers
+/// each caller. Jobs queue while a commit runs, so batches grow with load
+/// and a lone job is committed at once: one fsync serves many requests.
+/// Ends when the store is dropped.
 fn group_commit_loop(
     inner: std::sync::Weak<Inner>,
     rx: std::sync::mpsc::Receiver<Pending>,
@@ -187,36 +238,64 @@ fn group_commit_loop(
                 Err(_) => break,
             }
         }
+        let mut records = Vec::new();
+        let mut puts = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            match job {
+                Pending::Audit(record, reply) => {
+                    records.push(record);
+                    replies.push((reply, None));
+                }
+                Pending::Put(put, reply) => {
+                    replies.push((reply, Some(puts.len())));
+                    puts.push(put);
+                }
+            }
+        }
         let Some(inner) = inner.upgrade() else {
-            for (_, reply) in batch {
+            for (reply, _) in replies {
                 let _ = reply.send(Err(Error::Invalid("the store is closed")));
             }
             return;
         };
+        inner.queued.fetch_sub(replies.len(), Ordering::Relaxed);
         let mac = inner.audit_mac();
         let mac = mac.as_deref();
-        let (records, replies): (Vec<AuditRecord>, Vec<_>) = batch.into_iter().unzip();
-        inner.queued.fetch_sub(records.len(), Ordering::Relaxed);
+        let mut put_results: Vec<Option<Result<()>>> = Vec::with_capacity(puts.len());
         let result = (|| -> Result<()> {
             let mut conn = lock(&inner.writer);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for put in &puts {
+                put_results.push(Some(put_in_savepoint(&tx, put, mac)));
+            }
             insert_audits(&tx, &records, mac)?;
             tx.commit()?;
             Ok(())
         })();
         match result {
             Ok(()) => {
-                for reply in replies {
-                    let _ = reply.send(Ok(()));
+                for (reply, put) in replies {
+                    let outcome = match put {
+                        Some(i) => put_results
+                            .get_mut(i)
+                            .and_then(Option::take)
+                            .unwrap_or(Err(Error::Invalid("store not applied"))),
+                        None => Ok(()),
+                    };
+                    let _ = reply.send(outcome);
                 }
             }
             Err(e) => {
-                // Fail closed: nobody whose record is not committed is told
-                // otherwise. The error is rebuilt per caller (it is not Clone).
+                // Fail closed: nobody whose change or record is not
+                // committed is told otherwise. The error is rebuilt per
+                // caller (it is not Clone); a database that cannot commit
+                // (a full disk, say) is unavailable, not corrupt.
                 let message = e.to_string();
-                tracing::error!(error = %message, records = records.len(), "usage-log group commit failed");
-                for reply in replies {
-                    let _ = reply.send(Err(Error::Corrupt(format!("usage log: {message}"))));
+                tracing::error!(error = %message, jobs = replies.len(), "group commit failed");
+                for (reply, _) in replies {
+                    let _ =
+                        reply.send(Err(Error::Unavailable(format!("commit failed: {message}"))));
                 }
             }
         }
@@ -251,7 +330,7 @@ struct Inner {
     next_reader: AtomicUsize,
     audit_mac: RwLock<Option<Arc<dyn AuditMac>>>,
     group_commit: Option<std::sync::mpsc::Sender<Pending>>,
-    /// Usage records waiting for the group commit.
+    /// Jobs (usage records and stores) waiting for the group commit.
     queued: AtomicUsize,
     /// Whether the group-commit thread is running.
     committer_alive: std::sync::atomic::AtomicBool,
@@ -999,7 +1078,7 @@ impl SqliteStore {
             let weak = Arc::downgrade(&inner);
             let max = options.group_commit_max.max(1);
             std::thread::Builder::new()
-                .name("vault-audit-commit".into())
+                .name("vault-group-commit".into())
                 .spawn(move || group_commit_loop(weak, rx, max))
                 .map_err(|source| Error::Io {
                     path: "group commit thread".into(),
@@ -1024,6 +1103,19 @@ impl SqliteStore {
             f(&mut lock(&inner.writer), mac.as_deref())
         })
         .await?
+    }
+
+    /// Queues a job for the group-commit writer and waits for its commit.
+    async fn group_committed(&self, job: impl FnOnce(Reply) -> Pending) -> Result<()> {
+        let stopped = || Error::Invalid("the group-commit writer has stopped");
+        let queue = self.inner.group_commit.as_ref().ok_or_else(stopped)?;
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.inner.queued.fetch_add(1, Ordering::Relaxed);
+        if queue.send(job(reply)).is_err() {
+            self.inner.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(stopped());
+        }
+        done.await.map_err(|_| stopped())?
     }
 
     async fn with_reader<T: Send + 'static>(
@@ -1060,6 +1152,17 @@ impl SecretStore for SqliteStore {
         audit: AuditRecord,
         notification: Option<NewNotification>,
     ) -> Result<()> {
+        if self.inner.group_commit.is_some() {
+            let job = PutJob {
+                write,
+                expected,
+                audit,
+                notification,
+            };
+            return self
+                .group_committed(|reply| Pending::Put(Box::new(job), reply))
+                .await;
+        }
         self.with_writer(move |c, mac| {
             put_tx(c, &write, expected, &audit, notification.as_ref(), mac)
         })
@@ -1257,17 +1360,10 @@ impl SecretStore for SqliteStore {
     }
 
     async fn append_audit(&self, record: AuditRecord) -> Result<()> {
-        if let Some(queue) = &self.inner.group_commit {
-            let (reply, done) = tokio::sync::oneshot::channel();
-            self.inner.queued.fetch_add(1, Ordering::Relaxed);
-            let sent = queue.send((record, reply));
-            if sent.is_err() {
-                self.inner.queued.fetch_sub(1, Ordering::Relaxed);
-                return Err(Error::Invalid("the usage-log writer has stopped"));
-            }
-            return done
-                .await
-                .map_err(|_| Error::Invalid("the usage-log writer has stopped"))?;
+        if self.inner.group_commit.is_some() {
+            return self
+                .group_committed(|reply| Pending::Audit(record, reply))
+                .await;
         }
         self.with_writer(move |c, mac| insert_audit(c, &record, mac))
             .await

@@ -758,6 +758,61 @@ async fn group_commit_keeps_every_record_in_one_chain(fx: Fx) {
     assert_eq!((v.records, v.verified, v.problem), (200, 200, None));
 }
 
+/// Stores, conflicting stores and lone usage records all at once: with
+/// SQLite they share group commits, each store in its own savepoint. Every
+/// distinct store lands with its record, exactly one creator of the
+/// contested address wins, the losers leave no trace, one chain verifies.
+async fn concurrent_stores_conflicts_and_records_commit_together(fx: Fx) {
+    let store = chained(&fx, 0).await;
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            match i % 3 {
+                0 => store
+                    .put(
+                        write(&addr(&format!("own{i}")), 1, format!("v{i}").as_bytes()),
+                        None,
+                        audit(AuditAction::Store, &format!("own{i}")),
+                        None,
+                    )
+                    .await
+                    .map(|()| "own"),
+                1 => store
+                    .put(
+                        write(&addr("contested"), 1, format!("c{i}").as_bytes()),
+                        None,
+                        audit(AuditAction::Store, &format!("contested{i}")),
+                        None,
+                    )
+                    .await
+                    .map(|()| "contested"),
+                _ => store
+                    .append_audit(audit(AuditAction::Read, &format!("r{i}")))
+                    .await
+                    .map(|()| "read"),
+            }
+        }));
+    }
+    let (mut own, mut contested, mut reads, mut conflicts) = (0, 0, 0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok("own") => own += 1,
+            Ok("contested") => contested += 1,
+            Ok(_) => reads += 1,
+            Err(Error::Conflict { .. }) => conflicts += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((own, contested, reads, conflicts), (40, 1, 40, 39));
+    for i in (0..120).step_by(3) {
+        let got = store.get(&addr(&format!("own{i}"))).await.unwrap().unwrap();
+        assert_eq!(got.sealed, format!("v{i}").as_bytes());
+    }
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
+    assert_eq!((v.records, v.verified, v.problem), (81, 81, None));
+}
+
 #[tokio::test]
 async fn sqlite_a_failed_usage_log_write_fails_with_and_without_group_commit() {
     for group_commit in [true, false] {
@@ -1527,6 +1582,7 @@ conformance!(
     retention_prunes_and_leaves_a_verifiable_checkpoint,
     the_chain_continues_after_everything_was_pruned,
     group_commit_keeps_every_record_in_one_chain,
+    concurrent_stores_conflicts_and_records_commit_together,
     stripping_the_chain_is_found,
     cutting_off_the_newest_records_is_found,
     forged_rows_below_a_checkpoint_are_found,

@@ -24,12 +24,8 @@ fi
 CONNS=64
 SERVER=${BENCH_POSTGRES_SERVER:-postgres://postgres@127.0.0.1:5432}
 
-step() { printf '\n==> %s\n' "$*" >&2; }
-
-if ! command -v wrk >/dev/null 2>&1; then
-    step "installing wrk"
-    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-fi
+. bench/lib.sh
+ensure_wrk
 
 step "building release binaries"
 cargo build --release -q -p vault-server -p vault-bench
@@ -48,15 +44,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_http() {
-    for _ in $(seq 1 3000); do
-        if curl -fs -o /dev/null "$1"; then return 0; fi
-        sleep 0.01
-    done
-    echo "timed out waiting for $1" >&2; return 1
-}
 
 # start_vault port [extra VAR=value…]: sets VAULT_PID.
 start_vault() {
@@ -69,23 +56,7 @@ start_vault() {
     wait_http "http://127.0.0.1:$port/readyz"
 }
 
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-# wrk output -> "rps p99_ms errors"
-parse_wrk() {
-    awk '
-        function ms(v) {
-            if (v ~ /us$/) return v / 1000
-            if (v ~ /ms$/) return v + 0
-            if (v ~ /s$/) return v * 1000
-            return v + 0
-        }
-        /Requests\/sec:/ { rps = $2 }
-        $1 == "99%" { p99 = ms($2) }
-        /Non-2xx or 3xx responses:/ { bad += $NF }
-        /Socket errors:/ { for (i = 3; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) bad += $i + 0 }
-        END { printf "%.0f %.2f %d\n", rps, p99, bad }' "$1"
-}
 
 # measure name script port… : wrk on each port at once (the connections
 # split between them); prints "total_rps worst_p99 errors".
@@ -101,7 +72,7 @@ measure() {
     for _ in $(seq 1 "$n"); do wait -n; done
     local total=0 worst=0 errs=0
     for f in "${files[@]}"; do
-        read -r r p e < <(parse_wrk "$f")
+        read -r r _ p e < <(parse_wrk "$f")
         total=$((total + r)); errs=$((errs + e))
         worst=$(awk -v a="$worst" -v b="$p" 'BEGIN { print (b > a) ? b : a }')
     done
@@ -143,7 +114,6 @@ run_case "PostgreSQL, two replicas" postgres 2
 
 BASE_READ=$(echo "${ROWS[0]}" | cut -d'|' -f2)
 BASE_STORE=$(echo "${ROWS[0]}" | cut -d'|' -f5)
-pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f %%", 100 * a / b; else print "-" }'; }
 TABLE="| setup | reads/s | read p99 ms | stores/s | store p99 ms | errors | reads vs SQLite | stores vs SQLite |
 |---|---:|---:|---:|---:|---:|---:|---:|"
 for row in "${ROWS[@]}"; do

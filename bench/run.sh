@@ -28,12 +28,8 @@ fi
 CONNS=64
 THREADS=2
 
-step() { printf '\n==> %s\n' "$*" >&2; }
-
-if ! command -v wrk >/dev/null 2>&1; then
-    step "installing wrk"
-    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-fi
+. bench/lib.sh
+ensure_wrk
 
 step "building release binaries"
 cargo build --release -q -p vault-server -p vault-bench
@@ -48,15 +44,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_http() { # url, timeout in 10 ms steps
-    for _ in $(seq 1 "${2:-3000}"); do
-        if curl -fs -o /dev/null "$1"; then return 0; fi
-        sleep 0.01
-    done
-    echo "timed out waiting for $1" >&2; return 1
-}
 
 # Starts the vault on data dir $1, port $2; sets VAULT_PID and START_MS.
 start_vault() {
@@ -70,26 +57,9 @@ start_vault() {
     START_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
 }
 
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 peak_rss_mb() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
-# wrk output -> "rps p50_ms p99_ms errors"
-parse_wrk() {
-    awk '
-        function ms(v) {
-            if (v ~ /us$/) return v / 1000
-            if (v ~ /ms$/) return v + 0
-            if (v ~ /s$/) return v * 1000
-            return v + 0
-        }
-        /Requests\/sec:/ { rps = $2 }
-        $1 == "50%" { p50 = ms($2) }
-        $1 == "99%" { p99 = ms($2) }
-        /Non-2xx or 3xx responses:/ { bad += $NF }
-        /Socket errors:/ { for (i = 3; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) bad += $i + 0 }
-        END { printf "%.0f %.2f %.2f %d\n", rps, p50, p99, bad }' "$1"
-}
 
 # run_wrk name url connections duration [script] -> prints the parsed line
 run_wrk() {
@@ -178,14 +148,13 @@ STORM_CALLS=$(echo "$STORM_OUT" | awk '/provider calls/ {print $3}')
 STORM_SECS=$(echo "$STORM_OUT" | awk '/refreshed in/ {print $3}')
 STORM_LEFT=$(echo "$STORM_OUT" | awk '/still due afterwards/ {print $4}')
 
-pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f %%", 100 * a / b; else print "-" }'; }
 
 TABLE=$(cat <<TABLE
 | run | requests/s | p50 ms | p99 ms | errors | vs floor | notes |
 |---|---:|---:|---:|---:|---:|---|
 | HTTP floor (fixed ${BODY_SIZE}-byte JSON) | $FLOOR_RPS | $FLOOR_P50 | $FLOOR_P99 | $FLOOR_ERR | 100 % | minimal actix-web, 2 workers, same wrk script |
 | token read, $MID tokens, auditing on | $READ_RPS | $READ_P50 | $READ_P99 | $READ_ERR | $(pct "$READ_RPS" "$FLOOR_RPS") | peak RSS $READ_RSS MB |
-| store (new and replaced), durable | $STORE_RPS | $STORE_P50 | $STORE_P99 | $STORE_ERR | $(pct "$STORE_RPS" "$FLOOR_RPS") | each a committed transaction |
+| store (new and replaced), durable | $STORE_RPS | $STORE_P50 | $STORE_P99 | $STORE_ERR | $(pct "$STORE_RPS" "$FLOOR_RPS") | committed before the answer (group commit) |
 | token read, $SMALL tokens | $S_RPS | $S_P50 | $S_P99 | $S_ERR | $(pct "$S_RPS" "$FLOOR_RPS") | RSS $S_RSS MB, start to ready $S_START ms, $S_BPT B/token |
 | token read, $BIG tokens | $B_RPS | $B_P50 | $B_P99 | $B_ERR | $(pct "$B_RPS" "$FLOOR_RPS") | RSS $B_RSS MB, start to ready $B_START ms, $B_BPT B/token; $(pct "$B_RPS" "$S_RPS") of the $SMALL-token rate |
 | refresh storm, $STORM_DUE due | - | - | - | - | - | $STORM_CALLS provider calls in $STORM_SECS s, $STORM_LEFT still due afterwards |

@@ -176,8 +176,54 @@ impl Default for PostgresOptions {
     }
 }
 
-/// A usage record waiting for the group commit, and who to tell.
-type Pending = (AuditRecord, tokio::sync::oneshot::Sender<Result<()>>);
+/// Who to tell how a group-committed job ended.
+type Reply = tokio::sync::oneshot::Sender<Result<()>>;
+
+/// A store waiting for the group commit.
+struct PutJob {
+    write: SecretWrite,
+    expected: Option<u64>,
+    audit: AuditRecord,
+    notification: Option<NewNotification>,
+}
+
+/// Work for the group-commit writer.
+enum Pending {
+    /// A usage record on its own (a read, a refused request).
+    Audit(AuditRecord, Reply),
+    /// A store with its usage record.
+    Put(Box<PutJob>, Reply),
+}
+
+/// Applies one store of a batch in a savepoint (a conflict or error undoes
+/// this store alone); its usage record is appended with the batch's.
+async fn put_in_savepoint(c: &impl GenericClient, job: &PutJob) -> Result<()> {
+    c.batch_execute("SAVEPOINT put").await?;
+    let result = async {
+        if !write_secret(c, &job.write, job.expected).await? {
+            let found = current_version(c, &job.write.address).await?;
+            return Err(Error::Conflict {
+                expected: job.expected,
+                found,
+            });
+        }
+        if let Some(n) = &job.notification {
+            insert_notification(c, job.audit.at, n).await?;
+        }
+        Ok(())
+    }
+    .await;
+    match &result {
+        Ok(()) => c.batch_execute("RELEASE SAVEPOINT put").await?,
+        // After a failed statement PostgreSQL refuses everything but a
+        // rollback: undo to the savepoint, and the batch goes on.
+        Err(_) => {
+            c.batch_execute("ROLLBACK TO SAVEPOINT put; RELEASE SAVEPOINT put")
+                .await?
+        }
+    }
+    result
+}
 
 struct Inner {
     pool: Pool,
@@ -648,8 +694,10 @@ fn entry_from_row(row: &Row) -> Result<AuditEntry> {
 const AUDIT_COLUMNS: &str = "seq, at_ms, request_id, engine_id, action, environment, project,
     platform, outcome, detail, mac";
 
-/// The group-commit writer: takes every usage record waiting, appends them
-/// in one transaction, answers each caller. Ends when the store is dropped.
+/// The group-commit writer: takes every job waiting (stores and usage
+/// records), applies the stores each in a savepoint, appends every record
+/// under one hold of the usage-log lock, commits once and answers each
+/// caller. Ends when the store is dropped.
 async fn group_commit_task(
     inner: Weak<Inner>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>,
@@ -672,19 +720,44 @@ async fn group_commit_task(
                 Err(_) => break,
             }
         }
+        let mut records = Vec::new();
+        let mut puts = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            match job {
+                Pending::Audit(record, reply) => {
+                    records.push(record);
+                    replies.push((reply, None));
+                }
+                Pending::Put(put, reply) => {
+                    replies.push((reply, Some(puts.len())));
+                    puts.push(put);
+                }
+            }
+        }
         let Some(inner) = inner.upgrade() else {
-            for (_, reply) in batch {
+            for (reply, _) in replies {
                 let _ = reply.send(Err(Error::Invalid("the store is closed")));
             }
             return;
         };
-        let (records, replies): (Vec<AuditRecord>, Vec<_>) = batch.into_iter().unzip();
-        inner.queued.fetch_sub(records.len(), Ordering::Relaxed);
+        inner.queued.fetch_sub(replies.len(), Ordering::Relaxed);
         let mac = inner.audit_mac();
+        let mut put_results: Vec<Option<Result<()>>> = Vec::with_capacity(puts.len());
         let result = async {
             let mut client = inner.client().await?;
             let tx = client.transaction().await?;
-            insert_audits(&tx, &records, mac.as_deref()).await?;
+            let mut all = Vec::with_capacity(puts.len() + records.len());
+            for put in &puts {
+                let r = put_in_savepoint(&tx, put).await;
+                if r.is_ok() {
+                    all.push(put.audit.clone());
+                }
+                put_results.push(Some(r));
+            }
+            all.extend(records.iter().cloned());
+            // Last: the usage-log lock is held from here to the commit only.
+            insert_audits(&tx, &all, mac.as_deref()).await?;
             tx.commit().await?;
             Ok::<_, Error>(())
         }
@@ -692,15 +765,25 @@ async fn group_commit_task(
         drop(inner);
         match result {
             Ok(()) => {
-                for reply in replies {
-                    let _ = reply.send(Ok(()));
+                for (reply, put) in replies {
+                    let outcome = match put {
+                        Some(i) => put_results
+                            .get_mut(i)
+                            .and_then(Option::take)
+                            .unwrap_or(Err(Error::Invalid("store not applied"))),
+                        None => Ok(()),
+                    };
+                    let _ = reply.send(outcome);
                 }
             }
             Err(e) => {
+                // Fail closed, and as unavailable: a database that cannot
+                // commit is not corrupt.
                 let message = e.to_string();
-                tracing::error!(error = %message, records = records.len(), "usage-log group commit failed");
-                for reply in replies {
-                    let _ = reply.send(Err(Error::Corrupt(format!("usage log: {message}"))));
+                tracing::error!(error = %message, jobs = replies.len(), "group commit failed");
+                for (reply, _) in replies {
+                    let _ =
+                        reply.send(Err(Error::Unavailable(format!("commit failed: {message}"))));
                 }
             }
         }
@@ -773,6 +856,18 @@ impl PostgresStore {
         &self.inner.target
     }
 
+    /// Queues a job for the group-commit writer and waits for its commit.
+    async fn group_committed(&self, job: impl FnOnce(Reply) -> Pending) -> Result<()> {
+        let stopped = || Error::Invalid("the group-commit writer has stopped");
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.inner.queued.fetch_add(1, Ordering::Relaxed);
+        if self.inner.group_commit.send(job(reply)).is_err() {
+            self.inner.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(stopped());
+        }
+        done.await.map_err(|_| stopped())?
+    }
+
     /// Writes the usage record and the notification that describe a change
     /// into the change's transaction.
     async fn records(
@@ -824,15 +919,14 @@ impl SecretStore for PostgresStore {
                 "version must be one more than the expected version",
             ));
         }
-        let mut client = self.inner.client().await?;
-        let tx = client.transaction().await?;
-        if !write_secret(&tx, &write, expected).await? {
-            let found = current_version(&tx, &write.address).await?;
-            return Err(Error::Conflict { expected, found });
-        }
-        self.records(&tx, &audit, notification.as_ref()).await?;
-        tx.commit().await?;
-        Ok(())
+        let job = PutJob {
+            write,
+            expected,
+            audit,
+            notification,
+        };
+        self.group_committed(|reply| Pending::Put(Box::new(job), reply))
+            .await
     }
 
     async fn put_new_batch(&self, writes: Vec<SecretWrite>, audit: AuditRecord) -> Result<()> {
@@ -1075,14 +1169,8 @@ impl SecretStore for PostgresStore {
     }
 
     async fn append_audit(&self, record: AuditRecord) -> Result<()> {
-        let (reply, done) = tokio::sync::oneshot::channel();
-        self.inner.queued.fetch_add(1, Ordering::Relaxed);
-        if self.inner.group_commit.send((record, reply)).is_err() {
-            self.inner.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(Error::Invalid("the usage-log writer has stopped"));
-        }
-        done.await
-            .map_err(|_| Error::Invalid("the usage-log writer has stopped"))?
+        self.group_committed(|reply| Pending::Audit(record, reply))
+            .await
     }
 
     async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>> {

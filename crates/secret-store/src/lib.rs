@@ -31,6 +31,7 @@
 mod chain;
 mod error;
 pub mod fault;
+mod group;
 mod migrate;
 mod model;
 mod pg_tls;

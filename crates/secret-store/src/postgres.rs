@@ -33,6 +33,7 @@ use crate::chain::{
     Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, checkpoint_signature,
     from_ms, mac_version, ms, signed, verify_rows,
 };
+use crate::group::{self, Batch, Pending, PutJob, Reply};
 use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
 use crate::{
     AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditQuery, AuditRecord,
@@ -174,25 +175,6 @@ impl Default for PostgresOptions {
             tls_ca_file: None,
         }
     }
-}
-
-/// Who to tell how a group-committed job ended.
-type Reply = tokio::sync::oneshot::Sender<Result<()>>;
-
-/// A store waiting for the group commit.
-struct PutJob {
-    write: SecretWrite,
-    expected: Option<u64>,
-    audit: AuditRecord,
-    notification: Option<NewNotification>,
-}
-
-/// Work for the group-commit writer.
-enum Pending {
-    /// A usage record on its own (a read, a refused request).
-    Audit(AuditRecord, Reply),
-    /// A store with its usage record.
-    Put(Box<PutJob>, Reply),
 }
 
 /// Applies one store of a batch in a savepoint (a conflict or error undoes
@@ -720,42 +702,26 @@ async fn group_commit_task(
                 Err(_) => break,
             }
         }
-        let mut records = Vec::new();
-        let mut puts = Vec::new();
-        let mut replies = Vec::with_capacity(batch.len());
-        for job in batch {
-            match job {
-                Pending::Audit(record, reply) => {
-                    records.push(record);
-                    replies.push((reply, None));
-                }
-                Pending::Put(put, reply) => {
-                    replies.push((reply, Some(puts.len())));
-                    puts.push(put);
-                }
-            }
-        }
+        let batch = Batch::new(batch);
         let Some(inner) = inner.upgrade() else {
-            for (reply, _) in replies {
-                let _ = reply.send(Err(Error::Invalid("the store is closed")));
-            }
+            batch.closed();
             return;
         };
-        inner.queued.fetch_sub(replies.len(), Ordering::Relaxed);
+        inner.queued.fetch_sub(batch.len(), Ordering::Relaxed);
         let mac = inner.audit_mac();
-        let mut put_results: Vec<Option<Result<()>>> = Vec::with_capacity(puts.len());
-        let result = async {
+        let mut stores = Vec::with_capacity(batch.puts.len());
+        let commit = async {
             let mut client = inner.client().await?;
             let tx = client.transaction().await?;
-            let mut all = Vec::with_capacity(puts.len() + records.len());
-            for put in &puts {
+            let mut all = Vec::with_capacity(batch.puts.len() + batch.records.len());
+            for put in &batch.puts {
                 let r = put_in_savepoint(&tx, put).await;
                 if r.is_ok() {
                     all.push(put.audit.clone());
                 }
-                put_results.push(Some(r));
+                stores.push(r);
             }
-            all.extend(records.iter().cloned());
+            all.extend(batch.records.iter().cloned());
             // Last: the usage-log lock is held from here to the commit only.
             insert_audits(&tx, &all, mac.as_deref()).await?;
             tx.commit().await?;
@@ -763,30 +729,7 @@ async fn group_commit_task(
         }
         .await;
         drop(inner);
-        match result {
-            Ok(()) => {
-                for (reply, put) in replies {
-                    let outcome = match put {
-                        Some(i) => put_results
-                            .get_mut(i)
-                            .and_then(Option::take)
-                            .unwrap_or(Err(Error::Invalid("store not applied"))),
-                        None => Ok(()),
-                    };
-                    let _ = reply.send(outcome);
-                }
-            }
-            Err(e) => {
-                // Fail closed, and as unavailable: a database that cannot
-                // commit is not corrupt.
-                let message = e.to_string();
-                tracing::error!(error = %message, jobs = replies.len(), "group commit failed");
-                for (reply, _) in replies {
-                    let _ =
-                        reply.send(Err(Error::Unavailable(format!("commit failed: {message}"))));
-                }
-            }
-        }
+        batch.answer(commit, stores);
     }
 }
 
@@ -858,14 +801,8 @@ impl PostgresStore {
 
     /// Queues a job for the group-commit writer and waits for its commit.
     async fn group_committed(&self, job: impl FnOnce(Reply) -> Pending) -> Result<()> {
-        let stopped = || Error::Invalid("the group-commit writer has stopped");
-        let (reply, done) = tokio::sync::oneshot::channel();
-        self.inner.queued.fetch_add(1, Ordering::Relaxed);
-        if self.inner.group_commit.send(job(reply)).is_err() {
-            self.inner.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(stopped());
-        }
-        done.await.map_err(|_| stopped())?
+        let send = |p| self.inner.group_commit.send(p).is_ok();
+        group::submit(&self.inner.queued, send, job).await
     }
 
     /// Writes the usage record and the notification that describe a change

@@ -16,6 +16,7 @@ use crate::chain::{
     Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, checkpoint_signature,
     from_ms, mac_version, ms, signed, verify_rows,
 };
+use crate::group::{self, Batch, Pending, PutJob, Reply};
 use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
 use crate::{
     AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditQuery, AuditRecord,
@@ -159,26 +160,6 @@ impl Default for SqliteOptions {
     }
 }
 
-/// Who to tell how a group-committed job ended.
-type Reply = tokio::sync::oneshot::Sender<Result<()>>;
-
-/// A store waiting for the group commit: the write, the version it
-/// expects, and the records that describe it.
-struct PutJob {
-    write: SecretWrite,
-    expected: Option<u64>,
-    audit: AuditRecord,
-    notification: Option<NewNotification>,
-}
-
-/// Work for the group-commit writer.
-enum Pending {
-    /// A usage record on its own (a read, a refused request).
-    Audit(AuditRecord, Reply),
-    /// A store with its usage record.
-    Put(Box<PutJob>, Reply),
-}
-
 /// Applies one store inside the batch's transaction, in a savepoint: a
 /// conflict or error undoes this store alone.
 fn put_in_savepoint(tx: &Transaction<'_>, job: &PutJob, mac: Option<&dyn AuditMac>) -> Result<()> {
@@ -238,67 +219,26 @@ fn group_commit_loop(
                 Err(_) => break,
             }
         }
-        let mut records = Vec::new();
-        let mut puts = Vec::new();
-        let mut replies = Vec::with_capacity(batch.len());
-        for job in batch {
-            match job {
-                Pending::Audit(record, reply) => {
-                    records.push(record);
-                    replies.push((reply, None));
-                }
-                Pending::Put(put, reply) => {
-                    replies.push((reply, Some(puts.len())));
-                    puts.push(put);
-                }
-            }
-        }
+        let batch = Batch::new(batch);
         let Some(inner) = inner.upgrade() else {
-            for (reply, _) in replies {
-                let _ = reply.send(Err(Error::Invalid("the store is closed")));
-            }
+            batch.closed();
             return;
         };
-        inner.queued.fetch_sub(replies.len(), Ordering::Relaxed);
+        inner.queued.fetch_sub(batch.len(), Ordering::Relaxed);
         let mac = inner.audit_mac();
         let mac = mac.as_deref();
-        let mut put_results: Vec<Option<Result<()>>> = Vec::with_capacity(puts.len());
-        let result = (|| -> Result<()> {
+        let mut stores = Vec::with_capacity(batch.puts.len());
+        let commit = (|| -> Result<()> {
             let mut conn = lock(&inner.writer);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for put in &puts {
-                put_results.push(Some(put_in_savepoint(&tx, put, mac)));
+            for put in &batch.puts {
+                stores.push(put_in_savepoint(&tx, put, mac));
             }
-            insert_audits(&tx, &records, mac)?;
+            insert_audits(&tx, &batch.records, mac)?;
             tx.commit()?;
             Ok(())
         })();
-        match result {
-            Ok(()) => {
-                for (reply, put) in replies {
-                    let outcome = match put {
-                        Some(i) => put_results
-                            .get_mut(i)
-                            .and_then(Option::take)
-                            .unwrap_or(Err(Error::Invalid("store not applied"))),
-                        None => Ok(()),
-                    };
-                    let _ = reply.send(outcome);
-                }
-            }
-            Err(e) => {
-                // Fail closed: nobody whose change or record is not
-                // committed is told otherwise. The error is rebuilt per
-                // caller (it is not Clone); a database that cannot commit
-                // (a full disk, say) is unavailable, not corrupt.
-                let message = e.to_string();
-                tracing::error!(error = %message, jobs = replies.len(), "group commit failed");
-                for (reply, _) in replies {
-                    let _ =
-                        reply.send(Err(Error::Unavailable(format!("commit failed: {message}"))));
-                }
-            }
-        }
+        batch.answer(commit, stores);
     }
 }
 
@@ -1107,15 +1047,9 @@ impl SqliteStore {
 
     /// Queues a job for the group-commit writer and waits for its commit.
     async fn group_committed(&self, job: impl FnOnce(Reply) -> Pending) -> Result<()> {
-        let stopped = || Error::Invalid("the group-commit writer has stopped");
-        let queue = self.inner.group_commit.as_ref().ok_or_else(stopped)?;
-        let (reply, done) = tokio::sync::oneshot::channel();
-        self.inner.queued.fetch_add(1, Ordering::Relaxed);
-        if queue.send(job(reply)).is_err() {
-            self.inner.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(stopped());
-        }
-        done.await.map_err(|_| stopped())?
+        let queue = self.inner.group_commit.as_ref();
+        let send = |p| queue.is_some_and(|q| q.send(p).is_ok());
+        group::submit(&self.inner.queued, send, job).await
     }
 
     async fn with_reader<T: Send + 'static>(

@@ -16,8 +16,11 @@ if ! schemathesis --version 2>/dev/null | grep -q "$version"; then
 fi
 cargo build --quiet -p vault-server
 
+# free_port and wait_http.
+. bench/lib.sh
+
 dir="$(mktemp -d)"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 # A lockout would turn the generated requests without credentials into
 # refusals of the good ones too; everything else is the default.
 VAULT__DATA_DIR="$dir" VAULT__SERVER__BIND="127.0.0.1:$port" \
@@ -25,10 +28,7 @@ VAULT__ACCESS__MAX_FAILURES=1000000000 VAULT__REFRESH__BACKGROUND=false \
     target/debug/vault-server >"$dir/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
-    sleep 0.1
-done
+wait_http "http://127.0.0.1:$port/readyz" 1000
 token="$(cat "$dir/dev-engine.token")"
 
 status=0

@@ -218,9 +218,6 @@ pub(crate) async fn store(
     Ok(HttpResponse::Created().json(SecretInfoBody::from(info)))
 }
 
-/// Authenticates, parses the query, builds the address from the path and
-/// checks the grant (for the scopes the query requires): the common start
-/// of the per-secret routes.
 /// The query string as `Q`, or `invalid_query`, recorded as refused.
 async fn parse_query<Q: serde::de::DeserializeOwned>(
     state: &ApiState,
@@ -245,11 +242,14 @@ async fn admin_caller(state: &ApiState, req: &HttpRequest) -> Result<Caller, Api
     Ok(caller)
 }
 
+/// Authenticates, parses the query, builds the address from the path and
+/// checks the grant (for the scopes the query requires): the common start
+/// of the per-secret routes. Also returns the required scopes, checked.
 async fn secret_request<Q: serde::de::DeserializeOwned + Query>(
     state: &ApiState,
     req: &HttpRequest,
     action: Action,
-) -> Result<(Caller, Q, SecretAddress), ApiError> {
+) -> Result<(Caller, Q, SecretAddress, Vec<String>), ApiError> {
     let caller = authenticate(state, req, action).await?;
     let query: Q = parse_query(state, req, &caller, action).await?;
     let address = match path_address(state, req, query.env()) {
@@ -261,7 +261,7 @@ async fn secret_request<Q: serde::de::DeserializeOwned + Query>(
         Err(e) => return Err(refuse(state, &caller.ctx, action, Some(&address), e).await),
     };
     authorize(state, &caller, action, &address, &scopes).await?;
-    Ok((caller, query, address))
+    Ok((caller, query, address, scopes))
 }
 
 /// What the per-secret routes read from their query strings.
@@ -312,8 +312,8 @@ pub(crate) async fn fetch(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (caller, query, address) = secret_request::<TokenQuery>(&state, &req, Action::Read).await?;
-    let required = query.scopes()?;
+    let (caller, query, address, required) =
+        secret_request::<TokenQuery>(&state, &req, Action::Read).await?;
     let token = state
         .inner
         .tokens
@@ -344,7 +344,7 @@ pub(crate) async fn refresh(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (caller, _, address) = secret_request::<EnvQuery>(&state, &req, Action::Read).await?;
+    let (caller, _, address, _) = secret_request::<EnvQuery>(&state, &req, Action::Read).await?;
     let token = state
         .inner
         .tokens
@@ -368,7 +368,7 @@ pub(crate) async fn status(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (caller, _, address) = secret_request::<EnvQuery>(&state, &req, Action::Read).await?;
+    let (caller, _, address, _) = secret_request::<EnvQuery>(&state, &req, Action::Read).await?;
     let info = state.inner.tokens.status(&caller.ctx, &address).await?;
     Ok(HttpResponse::Ok().json(SecretInfoBody::from(info)))
 }
@@ -388,7 +388,7 @@ pub(crate) async fn delete(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (caller, _, address) = secret_request::<EnvQuery>(&state, &req, Action::Delete).await?;
+    let (caller, _, address, _) = secret_request::<EnvQuery>(&state, &req, Action::Delete).await?;
     let outcome = state.inner.tokens.delete(&caller.ctx, &address).await?;
     Ok(HttpResponse::Ok().json(DeleteBody::from(outcome)))
 }

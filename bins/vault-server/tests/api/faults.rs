@@ -88,9 +88,12 @@ async fn storage_faults_under_load_give_clear_503s_and_lose_nothing() {
 
     // Break the store: one call in ten fails before it is made, one in
     // twenty after, and every call waits up to 2 ms.
-    plan.fail_before(100);
-    plan.fail_after(50);
-    plan.delay(Duration::from_millis(2));
+    let break_store = || {
+        plan.fail_before(100);
+        plan.fail_after(50);
+        plan.delay(Duration::from_millis(2));
+    };
+    break_store();
 
     for round in 0..ROUNDS {
         // Stores and reads of every address, four at a time.
@@ -159,9 +162,7 @@ async fn storage_faults_under_load_give_clear_503s_and_lose_nothing() {
             } else {
                 assert!(status == 200 || status == 404, "{status}");
             }
-            plan.fail_before(100);
-            plan.fail_after(50);
-            plan.delay(Duration::from_millis(2));
+            break_store();
         }
     }
     eprintln!(

@@ -516,6 +516,140 @@ async fn sqlite_migrates_a_version_1_database() {
     assert_eq!(got.meta.refresh, RefreshState::default());
 }
 
+fn rowid_of(path: &std::path::Path, platform: &str) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(
+        "SELECT rowid FROM secrets WHERE platform = ?1",
+        [platform],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sqlite_rows_live_at_their_address_key_and_collisions_use_the_index() {
+    use crate::sqlite::row_key;
+    let dir = tempfile::tempdir().unwrap();
+    let path = sqlite_path(&dir);
+    let store = SqliteStore::open(&path).await.unwrap();
+    let (a, b) = (addr("slack"), addr("notion"));
+    let key = |x: &SecretAddress| row_key(x.environment(), x.project(), x.platform());
+    assert_ne!(key(&a), key(&b));
+
+    store
+        .put(
+            write(&a, 1, b"a1"),
+            None,
+            audit(AuditAction::Store, "req"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rowid_of(&path, "slack"), key(&a));
+    store
+        .put(
+            write(&a, 2, b"a2"),
+            Some(1),
+            audit(AuditAction::Store, "req"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rowid_of(&path, "slack"),
+        key(&a),
+        "a replaced row keeps its key"
+    );
+
+    // A collision: another row sits on b's key before b is stored.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE secrets SET rowid = ?1 WHERE platform = 'slack'",
+            [key(&b)],
+        )
+        .unwrap();
+    store
+        .put(
+            write(&b, 1, b"b1"),
+            None,
+            audit(AuditAction::Store, "req"),
+            None,
+        )
+        .await
+        .unwrap();
+    let b_rowid = rowid_of(&path, "notion");
+    assert_ne!(b_rowid, key(&b), "b's key was taken: b lives elsewhere");
+    assert_eq!(rowid_of(&path, "slack"), key(&b));
+
+    // Both are found (the key holds the other address: the index answers).
+    let got_a = store.get(&a).await.unwrap().unwrap();
+    assert_eq!((got_a.version, got_a.sealed.as_slice()), (2, &b"a2"[..]));
+    let got_b = store.get(&b).await.unwrap().unwrap();
+    assert_eq!((got_b.version, got_b.sealed.as_slice()), (1, &b"b1"[..]));
+    store
+        .put(
+            write(&b, 2, b"b2"),
+            Some(1),
+            audit(AuditAction::Store, "req"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rowid_of(&path, "notion"), b_rowid);
+    assert_eq!(store.get(&b).await.unwrap().unwrap().sealed, b"b2");
+    assert!(store.get(&addr("github")).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn sqlite_migration_moves_old_rows_to_their_keys() {
+    use crate::sqlite::{MIGRATIONS_BEFORE_REKEY, row_key};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.db");
+    let key = |platform: &str| row_key("prod", "pf_203", platform);
+    {
+        // A file from before rows were keyed: rowids 1, 2, ...; and "zoom"
+        // already sits on "slack"'s key, so "slack" cannot move there.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in MIGRATIONS_BEFORE_REKEY {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", MIGRATIONS_BEFORE_REKEY.len() as i64)
+            .unwrap();
+        let rows = [
+            (1, "slack"),
+            (2, "notion"),
+            (3, "github"),
+            (key("slack"), "zoom"),
+        ];
+        for (rowid, platform) in rows {
+            conn.execute(
+                "INSERT INTO secrets (rowid, environment, project, platform, version, sealed,
+                     key_id, status, scopes, has_refresh_token, token_type, created_at_ms,
+                     updated_at_ms)
+                 VALUES (?1, 'prod', 'pf_203', ?2, 4, CAST(?2 AS BLOB), 'k', 'active', '[]', 0, 'Bearer', 1, 2)",
+                rusqlite::params![rowid, platform],
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(schema_version(&path), MIGRATION_COUNT as i64);
+    for platform in ["notion", "github", "zoom"] {
+        assert_eq!(rowid_of(&path, platform), key(platform), "{platform} moved");
+    }
+    assert_eq!(rowid_of(&path, "slack"), 1, "its key was taken: it stays");
+    let wal = std::fs::metadata(dir.path().join("vault.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the migration's WAL was folded back and truncated");
+    for platform in ["slack", "notion", "github", "zoom"] {
+        let got = store.get(&addr(platform)).await.unwrap().unwrap();
+        assert_eq!(
+            (got.version, got.sealed.as_slice()),
+            (4, platform.as_bytes())
+        );
+    }
+}
+
 async fn contract_engines(store: &dyn SecretStore) {
     assert!(store.list_engines().await.unwrap().is_empty());
     let mut e = EngineRecord {

@@ -463,16 +463,27 @@ fn prepare_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
-const SELECT_SECRET: &str = "SELECT version, sealed, key_id, status, valid_until_ms, scopes,
-        has_refresh_token, token_type, metadata, created_at_ms, updated_at_ms,
-        refresh_due_ms, last_refresh_at_ms, last_error, failure_count, next_attempt_at_ms
-     FROM secrets WHERE environment = ?1 AND project = ?2 AND platform = ?3";
+/// The columns `secret_from_row` reads, from `secrets` rows matching
+/// `$filter`.
+macro_rules! select_secret {
+    ($filter:literal) => {
+        concat!(
+            "SELECT version, sealed, key_id, status, valid_until_ms, scopes,
+                has_refresh_token, token_type, metadata, created_at_ms, updated_at_ms,
+                refresh_due_ms, last_refresh_at_ms, last_error, failure_count,
+                next_attempt_at_ms
+             FROM secrets WHERE ",
+            $filter
+        )
+    };
+}
 
-/// [`SELECT_SECRET`] at the row key `?4` (the address is checked too).
-const SELECT_SECRET_BY_KEY: &str = "SELECT version, sealed, key_id, status, valid_until_ms, scopes,
-        has_refresh_token, token_type, metadata, created_at_ms, updated_at_ms,
-        refresh_due_ms, last_refresh_at_ms, last_error, failure_count, next_attempt_at_ms
-     FROM secrets WHERE rowid = ?4 AND environment = ?1 AND project = ?2 AND platform = ?3";
+/// A secret by its address, through the address index.
+const SELECT_SECRET: &str = select_secret!("environment = ?1 AND project = ?2 AND platform = ?3");
+
+/// A secret at its row key `?4`, the address checked too.
+const SELECT_SECRET_BY_KEY: &str =
+    select_secret!("rowid = ?4 AND environment = ?1 AND project = ?2 AND platform = ?3");
 
 fn secret_from_row(address: &SecretAddress, r: &rusqlite::Row<'_>) -> Result<StoredSecret> {
     SecretRow {

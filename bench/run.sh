@@ -11,6 +11,7 @@
 #
 #   bash bench/run.sh            # the full run (about 10 minutes)
 #   QUICK=1 bash bench/run.sh    # a quick check that it all still works
+#   QUICK=1 PROFILE=debug bash bench/run.sh   # the same on debug builds (CI)
 #
 # Needs wrk (installed from Debian's packages when missing) and curl.
 set -euo pipefail
@@ -31,10 +32,18 @@ THREADS=2
 . bench/lib.sh
 ensure_wrk
 
-step "building release binaries"
-cargo build --release -q -p vault-server -p vault-bench
-cargo build --release -q -p vault-token-manager --example refresh_storm
-BIN=target/release
+# PROFILE=debug (with QUICK=1) reuses the test build: a check that the
+# script still works, not a measurement.
+PROFILE=${PROFILE:-release}
+case "$PROFILE" in
+    release) PROFILE_FLAG=--release ;;
+    debug) PROFILE_FLAG= ;;
+    *) echo "PROFILE must be release or debug" >&2; exit 2 ;;
+esac
+step "building $PROFILE binaries"
+cargo build $PROFILE_FLAG -q -p vault-server -p vault-bench
+cargo build $PROFILE_FLAG -q -p vault-token-manager --example refresh_storm
+BIN=target/$PROFILE
 
 WORK=$(mktemp -d)
 PIDS=()

@@ -187,16 +187,7 @@ async fn storage_faults_under_load_give_clear_503s_and_lose_nothing() {
 
     // The store recovers; so does the vault, at once.
     plan.clear();
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(app.get_public("/readyz").await.status().as_u16(), 200);
     for i in 0..ADDRESSES {
         let res = app.get(&format!("/vault/token/faults-{i}/manual")).await;
         assert_eq!(res.status().as_u16(), 200);

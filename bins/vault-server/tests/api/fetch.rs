@@ -123,7 +123,7 @@ async fn invalid_path_or_query_is_400() {
 #[actix_web::test]
 async fn health_needs_no_auth() {
     let app = spawn_app().await;
-    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let res = app.get_public("/healthz").await;
     assert_eq!(res.status().as_u16(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["status"], "ok");

@@ -116,6 +116,11 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A GET without credentials (health, readiness, the document).
+    pub async fn get_public(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.as_engine(reqwest::Method::GET, path, EXECUTION)
             .send()

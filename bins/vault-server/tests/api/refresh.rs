@@ -295,7 +295,7 @@ async fn metrics_and_readiness() {
         "no tokens in metrics"
     );
 
-    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let res = app.get_public("/readyz").await;
     assert_eq!(res.status().as_u16(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["status"], "ready");
@@ -310,13 +310,13 @@ async fn readiness_fails_when_the_database_cannot_take_writes() {
     // Another process holds the write lock (a stuck writer, say).
     let conn = rusqlite::Connection::open(app.db_path()).unwrap();
     conn.execute_batch("BEGIN EXCLUSIVE;").unwrap();
-    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let res = app.get_public("/readyz").await;
     assert_eq!(res.status().as_u16(), 503);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["status"], "not_ready");
     assert_eq!(body["checks"]["database"], "storage_unavailable");
     conn.execute_batch("ROLLBACK;").unwrap();
-    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let res = app.get_public("/readyz").await;
     assert_eq!(res.status().as_u16(), 200);
 }
 

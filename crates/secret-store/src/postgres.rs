@@ -425,7 +425,7 @@ async fn put_anchor(
 /// record any replica committed before (the advisory lock orders them).
 async fn insert_audits(
     c: &impl GenericClient,
-    records: &[AuditRecord],
+    records: &[&AuditRecord],
     mac: Option<&dyn AuditMac>,
 ) -> Result<()> {
     c.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
@@ -479,17 +479,18 @@ async fn insert_audits(
         seqs.push(seq);
         macs.push(record_mac);
     }
-    let column = |f: fn(&AuditRecord) -> Option<String>| records.iter().map(f).collect::<Vec<_>>();
+    let column =
+        |f: fn(&AuditRecord) -> Option<&str>| records.iter().map(|r| f(r)).collect::<Vec<_>>();
     let at: Vec<i64> = records.iter().map(|r| ms(r.at)).collect();
     let request_id: Vec<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
     let action: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
     let outcome: Vec<&str> = records.iter().map(|r| r.outcome.as_str()).collect();
     let (engine_id, environment, project, platform, detail) = (
-        column(|r| r.engine_id.clone()),
-        column(|r| r.environment.clone()),
-        column(|r| r.project.clone()),
-        column(|r| r.platform.clone()),
-        column(|r| r.detail.clone()),
+        column(|r| r.engine_id.as_deref()),
+        column(|r| r.environment.as_deref()),
+        column(|r| r.project.as_deref()),
+        column(|r| r.platform.as_deref()),
+        column(|r| r.detail.as_deref()),
     );
     let insert = c
         .prepare_cached(
@@ -717,11 +718,11 @@ async fn group_commit_task(
             for put in &batch.puts {
                 let r = put_in_savepoint(&tx, put).await;
                 if r.is_ok() {
-                    all.push(put.audit.clone());
+                    all.push(&put.audit);
                 }
                 stores.push(r);
             }
-            all.extend(batch.records.iter().cloned());
+            all.extend(&batch.records);
             // Last: the usage-log lock is held from here to the commit only.
             insert_audits(&tx, &all, mac.as_deref()).await?;
             tx.commit().await?;
@@ -817,12 +818,7 @@ impl PostgresStore {
             insert_notification(tx, audit.at, n).await?;
         }
         // Last: the usage-log lock is held from here to the commit only.
-        insert_audits(
-            tx,
-            std::slice::from_ref(audit),
-            self.inner.audit_mac().as_deref(),
-        )
-        .await
+        insert_audits(tx, &[audit], self.inner.audit_mac().as_deref()).await
     }
 }
 

@@ -254,28 +254,15 @@ impl Default for SqliteOptions {
 /// Applies one store inside the batch's transaction, in a savepoint: a
 /// conflict or error undoes this store alone.
 fn put_in_savepoint(tx: &Transaction<'_>, job: &PutJob, mac: Option<&dyn AuditMac>) -> Result<()> {
-    let w = &job.write;
-    if w.version != job.expected.unwrap_or(0) + 1 {
-        return Err(Error::Invalid(
-            "version must be one more than the expected version",
-        ));
-    }
     tx.execute_batch("SAVEPOINT put")?;
-    let result = (|| {
-        let found = current_version(tx, &w.address)?;
-        if found != job.expected {
-            return Err(Error::Conflict {
-                expected: job.expected,
-                found,
-            });
-        }
-        write_secret(tx, w)?;
-        insert_audit(tx, &job.audit, mac)?;
-        if let Some(n) = &job.notification {
-            insert_notification(tx, job.audit.at, n)?;
-        }
-        Ok(())
-    })();
+    let result = apply_put(
+        tx,
+        &job.write,
+        job.expected,
+        &job.audit,
+        job.notification.as_ref(),
+        mac,
+    );
     match &result {
         Ok(()) => tx.execute_batch("RELEASE put")?,
         Err(_) => tx.execute_batch("ROLLBACK TO put; RELEASE put")?,
@@ -827,8 +814,10 @@ fn write_secret(tx: &Transaction<'_>, w: &SecretWrite) -> Result<()> {
     Ok(())
 }
 
-fn put_tx(
-    conn: &mut Connection,
+/// A store inside `tx`: the version checks, the row, its usage record and
+/// its notification. The caller commits (alone, or in a group commit).
+fn apply_put(
+    tx: &Transaction<'_>,
     w: &SecretWrite,
     expected: Option<u64>,
     audit: &AuditRecord,
@@ -840,13 +829,30 @@ fn put_tx(
             "version must be one more than the expected version",
         ));
     }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let found = current_version(&tx, &w.address)?;
+    let found = current_version(tx, &w.address)?;
     if found != expected {
         return Err(Error::Conflict { expected, found });
     }
-    write_secret(&tx, w)?;
-    commit_with_records(tx, audit, notification, mac)
+    write_secret(tx, w)?;
+    insert_audit(tx, audit, mac)?;
+    if let Some(n) = notification {
+        insert_notification(tx, audit.at, n)?;
+    }
+    Ok(())
+}
+
+fn put_tx(
+    conn: &mut Connection,
+    w: &SecretWrite,
+    expected: Option<u64>,
+    audit: &AuditRecord,
+    notification: Option<&NewNotification>,
+    mac: Option<&dyn AuditMac>,
+) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    apply_put(&tx, w, expected, audit, notification, mac)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Stores new secrets (version 1, none existing yet) in one transaction

@@ -488,26 +488,23 @@ impl HttpProvider {
         };
         req.send().await.map_err(|e| transport_error(&e))
     }
+}
 
-    /// Reads a provider's answer off the wire: status, `Retry-After` and
-    /// body. The body of a 429 or 5xx is never read.
-    async fn receive(
-        &self,
-        res: reqwest::Response,
-    ) -> Result<(u16, Option<String>, Vec<u8>), ProviderError> {
-        let status = res.status().as_u16();
-        let retry = res
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = if status == 429 || status >= 500 {
-            Vec::new()
-        } else {
-            read_body(res).await?
-        };
-        Ok((status, retry, body))
-    }
+/// Reads a provider's answer off the wire: status, `Retry-After` and body.
+/// The body of a 429 or 5xx is never read.
+async fn receive(res: reqwest::Response) -> Result<(u16, Option<String>, Vec<u8>), ProviderError> {
+    let status = res.status().as_u16();
+    let retry = res
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = if status == 429 || status >= 500 {
+        Vec::new()
+    } else {
+        read_body(res).await?
+    };
+    Ok((status, retry, body))
 }
 
 /// Parses a provider's answer to a token or revocation request: its HTTP
@@ -600,7 +597,7 @@ impl Provider for HttpProvider {
             ("refresh_token", refresh_token.expose().to_owned()),
         ];
         let res = self.post(&url, fields, true).await?;
-        let (status, retry, body) = self.receive(res).await?;
+        let (status, retry, body) = receive(res).await?;
         read_refresh_answer(self.def(), status, retry.as_deref(), &body)
     }
 
@@ -623,7 +620,7 @@ impl Provider for HttpProvider {
             fields.push(("token_type_hint", kind.hint().to_owned()));
         }
         let res = self.post(&url, fields, client_auth).await?;
-        let (status, retry, body) = self.receive(res).await?;
+        let (status, retry, body) = receive(res).await?;
         match read_answer(def, status, retry.as_deref(), &body) {
             Ok(_) => Ok(()),
             // RFC 7009 §2.2: an invalid token counts as revoked; a grant-wide

@@ -342,6 +342,57 @@ fn store_links() -> serde_json::Value {
 mod tests {
     use super::*;
 
+    /// Whether a store body with this `token_data` passes the server's
+    /// checks.
+    fn stored(token_data: serde_json::Value) -> bool {
+        let body =
+            serde_json::json!({"project_id": "p", "platform": "x", "token_data": token_data});
+        serde_json::from_value::<vault_token_manager::StoreBody>(body)
+            .ok()
+            .and_then(|b| b.into_request("production").ok())
+            .is_some_and(|r| r.check().is_ok())
+    }
+
+    /// The character rules the document states as patterns are the ones
+    /// the server checks with code: every ASCII character, and two beyond,
+    /// is accepted by both or by neither.
+    #[test]
+    fn the_documented_character_rules_are_the_checks() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let pattern = |schema: &serde_json::Value| {
+            regex_lite::Regex::new(schema["pattern"].as_str().expect("a pattern"))
+                .expect("a valid pattern")
+        };
+        let identifier = pattern(&schemas["StoreBody"]["properties"]["project_id"]);
+        let scope = pattern(&schemas["TokenData"]["properties"]["scopes"]["items"]);
+        let token = pattern(&schemas["TokenData"]["properties"]["access_token"]);
+        let token_type = pattern(&schemas["TokenData"]["properties"]["token_type"]);
+        for c in (0u8..=0x7f).map(char::from).chain(['é', '€']) {
+            let s = c.to_string();
+            assert_eq!(
+                identifier.is_match(&s),
+                vault_types::validate_identifier("x", &s).is_ok(),
+                "identifier {c:?}"
+            );
+            assert_eq!(
+                scope.is_match(&s),
+                vault_token_manager::scope_list(&s).is_ok(),
+                "scope {c:?}"
+            );
+            assert_eq!(
+                token.is_match(&s),
+                stored(serde_json::json!({"access_token": s})),
+                "access token {c:?}"
+            );
+            assert_eq!(
+                token_type.is_match(&s),
+                stored(serde_json::json!({"access_token": "t", "token_type": s})),
+                "token type {c:?}"
+            );
+        }
+    }
+
     fn documented_routes(doc: &serde_json::Value) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for (path, item) in doc["paths"].as_object().expect("paths") {

@@ -404,14 +404,34 @@ async fn read_body(mut res: reqwest::Response) -> Result<Vec<u8>, ProviderError>
 fn error_code(json: &serde_json::Value) -> String {
     json.get("error")
         .and_then(|e| e.as_str())
-        .filter(|c| {
-            c.len() <= 64
-                && c.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
-        })
+        .filter(|c| KNOWN_ERROR_CODES.contains(c) || DEAD_GRANT_CODES.contains(c))
         .unwrap_or("unknown")
         .to_owned()
 }
+
+/// The error codes of a provider's answer that are repeated (in errors,
+/// logs and a secret's `last_error`), besides [`DEAD_GRANT_CODES`]: RFC
+/// 6749 §4.1.2.1 and §5.2, RFC 6750 §3.1, RFC 7009 §2.2.1, and Slack's
+/// own. Any other value is `unknown`: a lower-case token echoed in `error`
+/// looks just like a code, and must not reach a log.
+const KNOWN_ERROR_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+    "server_error",
+    "temporarily_unavailable",
+    "invalid_token",
+    "insufficient_scope",
+    "unsupported_token_type",
+    "not_authed",
+    "ratelimited",
+    "invalid_client_id",
+    "bad_client_secret",
+    "invalid_grant_type",
+];
 
 fn classify_error_code(code: String) -> ProviderError {
     if DEAD_GRANT_CODES.contains(&code.as_str()) {
@@ -661,6 +681,9 @@ mod tests {
         let j = serde_json::json!({"ok": false, "error": "invalid_refresh_token"});
         assert!(classify_error_code(error_code(&j)).is_permanent());
         let j = serde_json::json!({"error": "bad token xoxb-123 given"});
+        assert_eq!(error_code(&j), "unknown");
+        // A token that looks like a code (lower-case hex, say) is not one.
+        let j = serde_json::json!({"error": "9f86d081884c7d659a2feaa0c55ad015"});
         assert_eq!(error_code(&j), "unknown");
         let j = serde_json::json!({"error": "invalid_client"});
         assert_eq!(

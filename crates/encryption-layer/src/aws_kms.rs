@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use crate::http::{MAX_ANSWER_BYTES, read_capped, without_url};
 use crate::provider::{DataKey, KeyProvider, WrappedKey};
 use crate::sigv4::{self, AwsCredentials};
 use crate::{Error, Result};
@@ -181,7 +182,13 @@ impl AwsKmsProvider {
         };
         let response = request.body(body.to_vec()).send().await.map_err(what)?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(what)?;
+        let bytes = read_capped(response, MAX_ANSWER_BYTES).await.map_err(|e| {
+            Error::Kms(format!(
+                "{operation} at {}: {}",
+                self.config.endpoint,
+                e.describe()
+            ))
+        })?;
         if !status.is_success() {
             let err: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or_default();
             let mut message = format!(
@@ -207,17 +214,6 @@ impl AwsKmsProvider {
             .ok_or_else(|| Error::UnknownKey {
                 key_id: key_id.to_owned(),
             })
-    }
-}
-
-/// A reqwest error's text without the URL (which is already named).
-pub(crate) fn without_url(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".to_owned()
-    } else if e.is_connect() {
-        "could not connect".to_owned()
-    } else {
-        e.to_string()
     }
 }
 

@@ -35,6 +35,7 @@ mod aws_kms;
 mod cache;
 mod envelope;
 mod error;
+mod http;
 mod local;
 mod provider;
 mod sigv4;

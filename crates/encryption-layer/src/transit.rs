@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::aws_kms::without_url;
+use crate::http::{MAX_ANSWER_BYTES, read_capped, without_url};
 use crate::provider::{DataKey, KeyProvider, WrappedKey};
 use crate::{Error, Result};
 
@@ -149,7 +149,13 @@ impl TransitProvider {
             .await
             .map_err(fail)?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(fail)?;
+        let bytes = read_capped(response, MAX_ANSWER_BYTES).await.map_err(|e| {
+            Error::Kms(format!(
+                "transit {what} at {}: {}",
+                self.config.address,
+                e.describe()
+            ))
+        })?;
         if !status.is_success() {
             let errors: Errors = serde_json::from_slice(&bytes).unwrap_or_default();
             let mut message = format!(

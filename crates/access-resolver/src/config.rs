@@ -244,6 +244,23 @@ impl AccessResolver for ConfigResolver {
         }
     }
 
+    async fn authorize_vault_admin(&self, principal: &Principal) -> Result<()> {
+        let engines = self.engines().await?;
+        let allowed = engines.get(&principal.engine_id).is_some_and(|e| {
+            e.grants
+                .iter()
+                .any(|g| g.covers_everything(crate::Action::Admin))
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(Error::Forbidden {
+                engine_id: principal.engine_id.clone(),
+                action: "admin",
+            })
+        }
+    }
+
     async fn authorize(&self, principal: &Principal, request: &AccessRequest<'_>) -> Result<()> {
         let engines = self.engines().await?;
         let allowed = engines

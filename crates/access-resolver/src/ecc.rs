@@ -237,6 +237,14 @@ impl AccessResolver for EccResolver {
         }
     }
 
+    /// The core is asked the same question as for [`authorize_admin`]
+    /// (`admin` with no address): its answer is about the whole vault.
+    ///
+    /// [`authorize_admin`]: AccessResolver::authorize_admin
+    async fn authorize_vault_admin(&self, principal: &Principal) -> Result<()> {
+        self.authorize_admin(principal).await
+    }
+
     async fn authorize(&self, principal: &Principal, request: &AccessRequest<'_>) -> Result<()> {
         let allow = self
             .decide(&Ask {
@@ -299,6 +307,14 @@ impl AccessResolver for ChainResolver {
             self.local.authorize_admin(principal).await
         } else {
             self.remote.authorize_admin(principal).await
+        }
+    }
+
+    async fn authorize_vault_admin(&self, principal: &Principal) -> Result<()> {
+        if self.local.knows(&principal.engine_id).await? {
+            self.local.authorize_vault_admin(principal).await
+        } else {
+            self.remote.authorize_vault_admin(principal).await
         }
     }
 }

@@ -221,6 +221,16 @@ impl Grant {
         self.actions & action.bit() != 0
     }
 
+    /// Whether this grant includes `action` on every environment, project
+    /// and platform (`admin:*:*:*`): what vault-wide requests need.
+    pub fn covers_everything(&self, action: Action) -> bool {
+        let any = |patterns: &[Pattern]| patterns.contains(&Pattern::Any);
+        self.has_action(action)
+            && any(&self.environments)
+            && any(&self.projects)
+            && any(&self.platforms)
+    }
+
     /// Whether this grant allows `action` on `address`.
     pub fn allows(&self, action: Action, address: &SecretAddress) -> bool {
         self.permits(&AccessRequest::new(action, address))
@@ -372,6 +382,30 @@ mod tests {
         assert!(!g.allows(Action::Read, &a("prod", "p", "x")));
         let all: Grant = "*:*:*:*".parse().unwrap();
         assert!(all.allows(Action::Admin, &a("dev", "p", "x")));
+    }
+
+    #[test]
+    fn only_a_grant_on_every_address_covers_the_vault() {
+        for everywhere in [
+            "admin:*:*:*",
+            "*:*:*:*",
+            "read,admin:*:*:*",
+            "admin:prod,*:*:*",
+        ] {
+            let g: Grant = everywhere.parse().unwrap();
+            assert!(g.covers_everything(Action::Admin), "{everywhere}");
+        }
+        for narrower in [
+            "admin:prod:*:*",
+            "admin:*:pf_1:*",
+            "admin:*:*:slack",
+            "admin:*:pf_*:*",
+            "read:*:*:*",
+            "store,delete:*:*:*",
+        ] {
+            let g: Grant = narrower.parse().unwrap();
+            assert!(!g.covers_everything(Action::Admin), "{narrower}");
+        }
     }
 
     #[test]

@@ -62,4 +62,10 @@ pub trait AccessResolver: fmt::Debug + Send + Sync + 'static {
     /// `principal` if it holds the `admin` action anywhere; which records
     /// it then sees is decided per address with [`AccessResolver::authorize`].
     async fn authorize_admin(&self, principal: &Principal) -> Result<()>;
+
+    /// Allows requests that act on the whole vault at once (the master and
+    /// usage-log keys: their status and rotation) for `principal`. An
+    /// `admin` grant on some addresses is not enough: it must cover every
+    /// environment, project and platform.
+    async fn authorize_vault_admin(&self, principal: &Principal) -> Result<()>;
 }

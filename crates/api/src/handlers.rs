@@ -242,6 +242,23 @@ async fn admin_caller(state: &ApiState, req: &HttpRequest) -> Result<Caller, Api
     Ok(caller)
 }
 
+/// The authenticated caller of a route that acts on the whole vault (the
+/// keys), if it holds `admin` on every address; otherwise the refusal,
+/// recorded.
+async fn vault_admin_caller(state: &ApiState, req: &HttpRequest) -> Result<Caller, ApiError> {
+    let action = Action::Admin;
+    let caller = authenticate(state, req, action).await?;
+    if let Err(e) = state
+        .inner
+        .access
+        .authorize_vault_admin(&caller.principal)
+        .await
+    {
+        return Err(refuse(state, &caller.ctx, action, None, e.into()).await);
+    }
+    Ok(caller)
+}
+
 /// Authenticates, parses the query, builds the address from the path and
 /// checks the grant (for the scopes the query requires): the common start
 /// of the per-secret routes. Also returns the required scopes, checked.
@@ -684,7 +701,7 @@ pub(crate) async fn keys_status(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    admin_caller(&state, &req).await?;
+    vault_admin_caller(&state, &req).await?;
     let status = state.inner.tokens.key_status().await?;
     Ok(HttpResponse::Ok().json(KeyStatusBody::from(status)))
 }
@@ -707,7 +724,7 @@ pub(crate) async fn keys_rotate(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let action = Action::Admin;
-    let caller = admin_caller(&state, &req).await?;
+    let caller = vault_admin_caller(&state, &req).await?;
     let target = parse_query::<RotateParams>(&state, &req, &caller, action)
         .await?
         .target;

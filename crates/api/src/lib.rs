@@ -16,8 +16,8 @@
 //! | `/readyz` | GET | readiness: database writable, master key usable; no auth |
 //! | `/metrics` | GET | Prometheus text format; no auth, no secrets |
 //! | `/openapi.json` | GET | this API's OpenAPI 3.1 document; no auth |
-//! | `/vault/keys` | GET | master keys and the rewrap backlog (`admin` grant) |
-//! | `/vault/keys/rotate` | POST | a new master (or `?target=audit` usage-log) key version (`admin` grant) |
+//! | `/vault/keys` | GET | master keys and the rewrap backlog (`admin` on every address) |
+//! | `/vault/keys/rotate` | POST | a new master (or `?target=audit` usage-log) key version (`admin` on every address) |
 //!
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a
 //! stable code; the status comes from the error's kind, mapped in one place

@@ -70,23 +70,26 @@ async fn authenticate(
         creds.as_ref().map(|c| c.engine_id.as_str()),
         req.peer_addr().map(|a| a.ip()),
     );
-    if let Err(wait) = limiter.begin(&keys) {
-        // Not recorded: the lockout itself was, and a locked-out client
-        // must not be able to flood the usage log.
-        return Err(ApiError::new(
-            ErrorKind::RateLimited,
-            "too_many_failures",
-            "too many failed authentications; retry later",
-        )
-        .retry_after(wait));
-    }
+    let attempt = match limiter.attempt(keys) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            // Not recorded: the lockout itself was, and a locked-out client
+            // must not be able to flood the usage log.
+            return Err(ApiError::new(
+                ErrorKind::RateLimited,
+                "too_many_failures",
+                "too many failed authentications; retry later",
+            )
+            .retry_after(wait));
+        }
+    };
     let result = match &creds {
         Some(creds) => state.inner.access.authenticate(creds).await,
         None => Err(vault_access_resolver::Error::Unauthenticated),
     };
     match result {
         Ok(principal) => {
-            limiter.succeed(&keys);
+            attempt.succeed();
             let caller = Caller {
                 ctx: RequestContext::new(request_id, Some(principal.engine_id.clone())),
                 principal,
@@ -109,11 +112,14 @@ async fn authenticate(
             tracing::warn!(request_id = %request_id, "authentication failed");
             let err: ApiError = e.into();
             if unavailable {
-                limiter.abandon(&keys);
+                attempt.abandon();
                 return Err(refuse(state, &anonymous, action, None, err).await);
             }
+            // Counted before the refusal is recorded, so a client that
+            // hangs up meanwhile is counted all the same.
+            let locked_out = attempt.fail();
             let err = refuse(state, &anonymous, action, None, err).await;
-            if limiter.fail(&keys) {
+            if locked_out {
                 tracing::warn!(request_id = %request_id, "authentication lockout started");
                 let locked = ApiError::new(ErrorKind::RateLimited, "too_many_failures", "lockout");
                 drop(refuse(state, &anonymous, action, None, locked).await);

@@ -47,6 +47,13 @@ struct Bucket {
     at: Instant,
 }
 
+/// The failure counts, and when expired ones were last dropped.
+#[derive(Debug, Default)]
+struct FailureTable {
+    entries: HashMap<String, Failures>,
+    pruned_at: Option<Instant>,
+}
+
 /// Entries kept before expired ones are dropped.
 const MAX_ENTRIES: usize = 100_000;
 
@@ -54,23 +61,73 @@ const MAX_ENTRIES: usize = 100_000;
 #[derive(Debug)]
 pub(crate) struct Limiter {
     limits: AccessLimits,
-    failures: Mutex<HashMap<String, Failures>>,
+    failures: Mutex<FailureTable>,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
-/// The keys a request is counted under: its claimed engine id and its
-/// client address. Unknown and known engine ids are counted alike, so the
-/// limiter tells nothing about which ids exist.
-pub(crate) fn keys(engine_id: Option<&str>, ip: Option<IpAddr>) -> [String; 2] {
-    let engine = match engine_id {
-        Some(id) if vault_types::validate_identifier("engine id", id).is_ok() => {
-            format!("engine:{id}")
-        }
-        Some(_) => "engine:<invalid>".to_owned(),
-        None => "engine:<none>".to_owned(),
+/// The keys a request is counted under: its client address (an IPv6
+/// address by its /64, which one host usually holds whole) and, when it
+/// claims a well-formed engine id, that id. Unknown and known engine ids
+/// are counted alike, so the limiter tells nothing about which ids exist.
+/// A request without an id, or with a malformed one, cannot be guessing
+/// an engine's token: it is counted under its address alone, so such
+/// requests from elsewhere cannot lock out anyone else.
+pub(crate) fn keys(engine_id: Option<&str>, ip: Option<IpAddr>) -> Vec<String> {
+    let ip = match ip {
+        Some(IpAddr::V4(v4)) => format!("ip:{v4}"),
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let s = v6.segments();
+                format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        None => "ip:<unknown>".to_owned(),
     };
-    let ip = ip.map_or_else(|| "ip:<unknown>".to_owned(), |ip| format!("ip:{ip}"));
-    [engine, ip]
+    match engine_id {
+        Some(id) if vault_types::validate_identifier("engine id", id).is_ok() => {
+            vec![format!("engine:{id}"), ip]
+        }
+        _ => vec![ip],
+    }
+}
+
+/// One authentication under way. Ends with [`Attempt::succeed`],
+/// [`Attempt::fail`] or [`Attempt::abandon`]; dropped without one (the
+/// client went away and its request was cancelled), it is abandoned, so
+/// a cancelled request never stays counted as under way.
+pub(crate) struct Attempt<'a> {
+    limiter: &'a Limiter,
+    keys: Vec<String>,
+    open: bool,
+}
+
+impl Attempt<'_> {
+    /// See [`Limiter::succeed`].
+    pub(crate) fn succeed(mut self) {
+        self.open = false;
+        self.limiter.succeed(&self.keys);
+    }
+
+    /// See [`Limiter::fail`]; true when it starts a lockout.
+    pub(crate) fn fail(mut self) -> bool {
+        self.open = false;
+        self.limiter.fail(&self.keys)
+    }
+
+    /// See [`Limiter::abandon`].
+    pub(crate) fn abandon(mut self) {
+        self.open = false;
+        self.limiter.abandon(&self.keys);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.limiter.abandon(&self.keys);
+        }
+    }
 }
 
 impl Limiter {
@@ -82,22 +139,38 @@ impl Limiter {
         }
     }
 
+    /// Starts an authentication under `keys`, as an [`Attempt`] that must
+    /// be ended; `Err(seconds)` while any key is locked out.
+    pub(crate) fn attempt(&self, keys: Vec<String>) -> Result<Attempt<'_>, u64> {
+        self.begin(&keys)?;
+        Ok(Attempt {
+            limiter: self,
+            keys,
+            open: true,
+        })
+    }
+
     /// Starts an authentication under `keys`: `Err(seconds)` while any of
-    /// them is locked out, or, once a key has failed, when its failures plus
-    /// authentications already under way reach the limit (so parallel
-    /// guesses cannot all slip past the check, while an engine that never
-    /// failed is never slowed down by its own concurrency). Each `Ok` must be followed by
-    /// [`Limiter::fail`] or [`Limiter::succeed`].
+    /// them is locked out, or, once an address has failed, when its
+    /// failures plus authentications already under way from it reach the
+    /// limit (so parallel guesses from one place cannot all slip past the
+    /// check, while an engine that never failed is never slowed down by its
+    /// own concurrency). An engine id is not capped that way: its failures
+    /// may be somebody else's, and they must not throttle the real engine
+    /// before they amount to a lockout. Each `Ok` must be followed by
+    /// [`Limiter::fail`], [`Limiter::succeed`] or [`Limiter::abandon`].
     pub(crate) fn begin(&self, keys: &[String]) -> Result<(), u64> {
         let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let map = &mut table.entries;
         let window = self.limits.lockout;
         let mut wait = None;
         for key in keys {
             if let Some(f) = map.get(key) {
                 if let Some(until) = f.locked_until.filter(|u| *u > now) {
                     wait = wait.max(Some((until - now).as_secs().max(1)));
-                } else if now.duration_since(f.since) < window
+                } else if key.starts_with("ip:")
+                    && now.duration_since(f.since) < window
                     && f.count > 0
                     && f.count + f.in_flight >= self.limits.max_failures
                 {
@@ -125,8 +198,14 @@ impl Limiter {
     pub(crate) fn fail(&self, keys: &[String]) -> bool {
         let now = Instant::now();
         let window = self.limits.lockout;
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_ENTRIES {
+        let mut table = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        // Pruning walks the whole table under the lock every login needs:
+        // at most once a second, however many failures arrive.
+        let due = table
+            .pruned_at
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+        let map = &mut table.entries;
+        if map.len() >= MAX_ENTRIES && due {
             map.retain(|_, f| {
                 now.duration_since(f.since) < window || f.locked_until.is_some_and(|u| u > now)
             });
@@ -135,7 +214,9 @@ impl Limiter {
                 // the lockouts, drop the rest.
                 map.retain(|_, f| f.locked_until.is_some_and(|u| u > now));
             }
+            table.pruned_at = Some(now);
         }
+        let map = &mut table.entries;
         let mut started = false;
         for key in keys {
             let entry = map.entry(key.clone()).or_insert(Failures {
@@ -167,7 +248,8 @@ impl Limiter {
     /// forgotten; the engine id's are not (they lapse with the window), so
     /// the real engine's traffic cannot wipe out an attacker's count.
     pub(crate) fn succeed(&self, keys: &[String]) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let map = &mut table.entries;
         for key in keys {
             if let Some(f) = map.get_mut(key) {
                 f.in_flight = f.in_flight.saturating_sub(1);
@@ -184,7 +266,8 @@ impl Limiter {
     /// Ends an authentication that reached no decision (the resolver was
     /// unavailable): it counts neither way.
     pub(crate) fn abandon(&self, keys: &[String]) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let map = &mut table.entries;
         for key in keys {
             if let Some(f) = map.get_mut(key) {
                 f.in_flight = f.in_flight.saturating_sub(1);
@@ -297,7 +380,7 @@ mod tests {
     #[test]
     fn success_forgets_the_failures_of_its_address() {
         let l = limiter(3, 0, 1);
-        let k = [keys(None, "10.0.0.9".parse().ok())[1].clone()];
+        let k = keys(None, "10.0.0.9".parse().ok());
         for _ in 0..2 {
             l.begin(&k).unwrap();
             l.fail(&k);
@@ -311,9 +394,108 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_invalid_ids_are_counted_alike() {
-        assert_eq!(keys(Some("a b"), None)[0], "engine:<invalid>");
-        assert_eq!(keys(Some("nobody"), None)[0], "engine:nobody");
+    fn unknown_ids_are_counted_and_malformed_or_missing_ones_by_address_only() {
+        assert_eq!(keys(Some("nobody"), None), ["engine:nobody", "ip:<unknown>"]);
+        let ip = "10.0.0.9".parse().ok();
+        assert_eq!(keys(Some("a b"), ip), ["ip:10.0.0.9"]);
+        assert_eq!(keys(None, ip), ["ip:10.0.0.9"]);
+    }
+
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_slash_64() {
+        let a = keys(None, "2001:db8:1:2:aaaa::1".parse().ok());
+        let b = keys(None, "2001:db8:1:2:ffff:1:2:3".parse().ok());
+        let c = keys(None, "2001:db8:1:3::1".parse().ok());
+        assert_eq!(a, ["ip:2001:db8:1:2::/64"]);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(keys(None, "::ffff:10.0.0.9".parse().ok()), ["ip:10.0.0.9"]);
+    }
+
+    #[test]
+    fn requests_without_credentials_do_not_lock_out_other_addresses() {
+        let l = limiter(5, 0, 1);
+        for n in 1..=5 {
+            let k = keys(None, format!("10.0.1.{n}").parse().ok());
+            l.begin(&k).unwrap();
+            l.fail(&k);
+        }
+        let sixth = keys(None, "10.0.1.6".parse().ok());
+        assert!(l.begin(&sixth).is_ok());
+    }
+
+    #[test]
+    fn failures_under_an_engine_id_do_not_throttle_the_engine_before_a_lockout() {
+        let l = limiter(5, 0, 1);
+        let attacker = keys(Some("execution"), "10.0.0.66".parse().ok());
+        for _ in 0..4 {
+            l.begin(&attacker).unwrap();
+            assert!(!l.fail(&attacker));
+        }
+        // The real engine, from its own address, with many requests at once.
+        let engine = keys(Some("execution"), "10.0.0.1".parse().ok());
+        for _ in 0..20 {
+            assert!(l.begin(&engine).is_ok());
+        }
+        for _ in 0..20 {
+            l.succeed(&engine);
+        }
+        // The attacker's own address is capped, and the fifth failure locks
+        // the id out everywhere.
+        l.begin(&attacker).unwrap();
+        assert!(l.fail(&attacker));
+        assert!(l.begin(&engine).is_err());
+    }
+
+    #[test]
+    fn a_dropped_attempt_is_no_longer_under_way() {
+        let l = limiter(3, 0, 1);
+        let k = keys(Some("execution"), "10.0.0.1".parse().ok());
+        assert!(!l.attempt(k.clone()).unwrap().fail());
+        // One failure: two more under way reach the cap. Requests that are
+        // cancelled mid-way (the guard dropped) must not hold it.
+        for _ in 0..10 {
+            let a = l.attempt(k.clone()).unwrap();
+            let b = l.attempt(k.clone()).unwrap();
+            assert!(l.attempt(k.clone()).is_err(), "capped while both run");
+            drop((a, b));
+        }
+        l.attempt(k.clone()).unwrap().succeed();
+        let table = l.failures.lock().unwrap();
+        assert!(table.entries.values().all(|f| f.in_flight == 0));
+    }
+
+    #[test]
+    fn a_full_table_is_pruned_at_most_once_a_second() {
+        let l = limiter(1, 0, 1);
+        let now = Instant::now();
+        {
+            let mut table = l.failures.lock().unwrap();
+            for n in 0..MAX_ENTRIES {
+                table.entries.insert(
+                    format!("ip:locked-{n}"),
+                    Failures {
+                        count: 1,
+                        in_flight: 0,
+                        since: now,
+                        locked_until: Some(now + Duration::from_secs(60)),
+                    },
+                );
+            }
+        }
+        let fail = |ip: &str| {
+            let k = keys(None, ip.parse().ok());
+            l.begin(&k).unwrap();
+            l.fail(&k);
+            let table = l.failures.lock().unwrap();
+            (table.entries.len(), table.pruned_at)
+        };
+        let (len, first) = fail("10.0.2.1");
+        assert_eq!(len, MAX_ENTRIES + 1, "live lockouts are kept");
+        assert!(first.is_some());
+        let (len, second) = fail("10.0.2.2");
+        assert_eq!(len, MAX_ENTRIES + 2);
+        assert_eq!(second, first, "no second walk within the second");
     }
 
     #[test]

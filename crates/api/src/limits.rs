@@ -395,7 +395,10 @@ mod tests {
 
     #[test]
     fn unknown_ids_are_counted_and_malformed_or_missing_ones_by_address_only() {
-        assert_eq!(keys(Some("nobody"), None), ["engine:nobody", "ip:<unknown>"]);
+        assert_eq!(
+            keys(Some("nobody"), None),
+            ["engine:nobody", "ip:<unknown>"]
+        );
         let ip = "10.0.0.9".parse().ok();
         assert_eq!(keys(Some("a b"), ip), ["ip:10.0.0.9"]);
         assert_eq!(keys(None, ip), ["ip:10.0.0.9"]);

@@ -51,7 +51,7 @@ struct State {
     mode: Mutex<Mode>,
     /// Issue a new refresh token on every refresh and reject reused ones.
     rotate: Mutex<bool>,
-    expires_in: Mutex<Option<u64>>,
+    expires_in: Mutex<Option<serde_json::Value>>,
     delay: Mutex<Duration>,
     client_id: String,
     client_secret: String,
@@ -94,7 +94,7 @@ impl FakeProvider {
         let state = Arc::new(State {
             mode: Mutex::new(Mode::Ok),
             rotate: Mutex::new(true),
-            expires_in: Mutex::new(Some(3600)),
+            expires_in: Mutex::new(Some(3600.into())),
             delay: Mutex::new(Duration::ZERO),
             client_id: CLIENT_ID.into(),
             client_secret: CLIENT_SECRET.into(),
@@ -167,7 +167,13 @@ impl FakeProvider {
 
     /// `expires_in` of refreshed tokens (`None`: left out).
     pub fn set_expires_in(&self, secs: Option<u64>) {
-        *lock(&self.state.expires_in) = secs;
+        *lock(&self.state.expires_in) = secs.map(Into::into);
+    }
+
+    /// `expires_in` of refreshed tokens as any JSON value, for providers
+    /// that answer something unusable (`-1`, `"soon"`, `true`).
+    pub fn set_expires_in_json(&self, value: serde_json::Value) {
+        *lock(&self.state.expires_in) = Some(value);
     }
 
     /// Delay before every refresh and revocation answer.
@@ -306,8 +312,8 @@ async fn do_refresh(
     if rotate {
         answer["refresh_token"] = format!("rt-rotated-{n}").into();
     }
-    if let Some(e) = *lock(&state.expires_in) {
-        answer["expires_in"] = e.into();
+    if let Some(e) = lock(&state.expires_in).clone() {
+        answer["expires_in"] = e;
     }
     Ok(answer)
 }

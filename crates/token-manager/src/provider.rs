@@ -449,11 +449,19 @@ fn parse_expires_in(v: Option<&serde_json::Value>) -> Result<Option<u64>, Provid
             .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
             .map(Some)
             .ok_or(ProviderError::InvalidResponse),
-        Some(serde_json::Value::String(s)) => s
-            .trim()
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| ProviderError::InvalidResponse),
+        Some(serde_json::Value::String(s)) => {
+            let s = s.trim();
+            s.parse::<u64>()
+                .ok()
+                .or_else(|| {
+                    s.parse::<f64>()
+                        .ok()
+                        .filter(|f| f.is_finite() && *f >= 0.0)
+                        .map(|f| f as u64)
+                })
+                .map(Some)
+                .ok_or(ProviderError::InvalidResponse)
+        }
         Some(_) => Err(ProviderError::InvalidResponse),
     }
 }
@@ -587,7 +595,16 @@ pub fn read_refresh_answer(
     Ok(Refreshed {
         access_token,
         refresh_token: secret_field(&json, "refresh_token"),
-        expires_in: parse_expires_in(json.get("expires_in"))?,
+        // The tokens are what matters: a provider that rotated the
+        // refresh token has already invalidated the old one, so an answer
+        // is never thrown away over its lifetime. An unusable one counts as
+        // missing (the previous lifetime is assumed).
+        expires_in: parse_expires_in(json.get("expires_in")).unwrap_or_else(|_| {
+            tracing::warn!(
+                "a refresh answer's expires_in is unusable; assuming the previous lifetime"
+            );
+            None
+        }),
         scopes,
         token_type: json
             .get("token_type")
@@ -699,7 +716,15 @@ mod tests {
         assert_eq!(parse_expires_in(Some(&json!("3600"))).unwrap(), Some(3600));
         assert_eq!(parse_expires_in(Some(&json!(3599.9))).unwrap(), Some(3599));
         assert_eq!(parse_expires_in(None).unwrap(), None);
+        assert_eq!(
+            parse_expires_in(Some(&json!("3600.0"))).unwrap(),
+            Some(3600)
+        );
+        assert_eq!(parse_expires_in(Some(&json!(" 60 "))).unwrap(), Some(60));
         assert!(parse_expires_in(Some(&json!(-1))).is_err());
+        assert!(parse_expires_in(Some(&json!("-1"))).is_err());
+        assert!(parse_expires_in(Some(&json!("NaN"))).is_err());
+        assert!(parse_expires_in(Some(&json!("inf"))).is_err());
         assert!(parse_expires_in(Some(&json!("soon"))).is_err());
     }
 

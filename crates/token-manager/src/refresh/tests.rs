@@ -164,6 +164,38 @@ async fn expired_tokens_are_refreshed_before_answering_and_rotation_is_persisted
     assert_eq!(refreshes, 2);
 }
 
+#[tokio::test]
+async fn a_rotation_with_an_unusable_lifetime_is_kept_with_the_previous_lifetime() {
+    for unusable in [
+        serde_json::json!(-1),
+        serde_json::json!("soon"),
+        serde_json::json!(true),
+        serde_json::json!({"seconds": 60}),
+    ] {
+        let f = fixture().await;
+        f.store("acme", Some(3600)).await;
+        f.provider.set_expires_in_json(unusable.clone());
+        f.clock.advance(Duration::seconds(3600));
+        // The provider rotated the refresh token; the answer is used.
+        let t = f.fetch("acme").await.unwrap();
+        assert_eq!(t.access_token.expose(), "at-refreshed-1", "{unusable}");
+        let s = f.stored("acme").await;
+        // Expiries are kept to the second, rounded down.
+        let lifetime = s.meta.valid_until.unwrap() - f.tokens.now();
+        assert!(
+            lifetime >= Duration::seconds(3599) && lifetime <= Duration::seconds(3600),
+            "{unusable}: the previous lifetime is assumed, not {lifetime}"
+        );
+        // The rotated refresh token was stored: the provider refuses the
+        // original, so the next refresh works only with the new one.
+        f.clock.advance(Duration::seconds(3600));
+        let t = f.fetch("acme").await.unwrap();
+        assert_eq!(t.access_token.expose(), "at-refreshed-2", "{unusable}");
+        assert_eq!(f.provider.refresh_calls(), 2);
+        assert_eq!(f.stored("acme").await.meta.status, SecretStatus::Active);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_reads_cause_exactly_one_refresh() {
     let f = fixture().await;

@@ -364,6 +364,8 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// the others are Slack's spellings of the same thing.
 const DEAD_GRANT_CODES: &[&str] = &[
     "invalid_grant",
+    // GitHub: the refresh token is expired, revoked or already used.
+    "bad_refresh_token",
     "invalid_refresh_token",
     "token_revoked",
     "token_expired",
@@ -584,6 +586,11 @@ pub fn read_refresh_answer(
     body: &[u8],
 ) -> Result<Refreshed, ProviderError> {
     let json = read_answer(def, status, retry_after_header, body)?;
+    // Some providers (GitHub's token endpoint) answer errors with HTTP 200:
+    // an answer with an error code and no token is that error.
+    if json.get("access_token").is_none() && json.get("error").is_some_and(|e| e.is_string()) {
+        return Err(classify_error_code(error_code(&json)));
+    }
     let access_token = secret_field(&json, "access_token").ok_or(ProviderError::InvalidResponse)?;
     let scopes = json.get("scope").and_then(|s| s.as_str()).map(|s| {
         s.split(def.scope_separator.as_str())
@@ -706,6 +713,32 @@ mod tests {
         assert_eq!(
             classify_error_code(error_code(&j)),
             ProviderError::Rejected("invalid_client".into())
+        );
+    }
+
+    #[test]
+    fn an_error_answered_with_200_is_that_error() {
+        let def = ProviderDefinition::generic("github", None, None);
+        let answer = |body: &str| read_refresh_answer(&def, 200, None, body.as_bytes());
+        let dead = answer(
+            r#"{"error":"bad_refresh_token","error_description":"The refresh token passed is incorrect or expired.","error_uri":"https://docs.example/"}"#,
+        );
+        assert!(dead.unwrap_err().is_permanent(), "a dead grant");
+        assert_eq!(
+            answer(r#"{"error":"unsupported_grant_type"}"#).unwrap_err(),
+            ProviderError::Rejected("unsupported_grant_type".into())
+        );
+        // A token echoed as the code is not repeated.
+        assert_eq!(
+            answer(r#"{"error":"ghr_1234abcd"}"#).unwrap_err(),
+            ProviderError::Rejected("unknown".into())
+        );
+        // With a token, the answer is the token (an `error` beside it is
+        // ignored); without either, it is invalid.
+        assert!(answer(r#"{"access_token":"ghu_1","error":"x"}"#).is_ok());
+        assert_eq!(
+            answer(r#"{"token":"ghu_1"}"#).unwrap_err(),
+            ProviderError::InvalidResponse
         );
     }
 

@@ -890,10 +890,12 @@ impl Config {
                     .into(),
             ));
         }
-        if r.lease_secs <= r.http_timeout_secs || r.lease_secs > 3600 {
+        // A claimed lease is used without renewal while half of it is
+        // left, so half a lease must outlast a provider call.
+        if r.lease_secs <= 2 * r.http_timeout_secs || r.lease_secs > 3600 {
             return Err(ConfigError::Invalid(
-                "refresh: lease_secs must be longer than http_timeout_secs (a refresh must \
-                 finish inside its lease) and at most 3600"
+                "refresh: lease_secs must be more than twice http_timeout_secs (a refresh \
+                 must finish inside what is left of its lease) and at most 3600"
                     .into(),
             ));
         }
@@ -1242,10 +1244,16 @@ mod tests {
         let shown = c.effective_toml().unwrap();
         assert!(!shown.contains("pw-SECRET"), "{shown}");
         assert!(shown.contains("postgres://vault@db:5432/vault"), "{shown}");
-        // A lease shorter than a provider call is refused.
-        let err =
-            Config::from_toml("[refresh]\nhttp_timeout_secs = 10\nlease_secs = 5").unwrap_err();
-        assert!(err.to_string().contains("lease_secs"), "{err}");
+        // A lease shorter than a provider call is refused, and so is one
+        // whose second half is (a claim is used while half is left).
+        for lease in [5, 11, 20] {
+            let err = Config::from_toml(&format!(
+                "[refresh]\nhttp_timeout_secs = 10\nlease_secs = {lease}"
+            ))
+            .unwrap_err();
+            assert!(err.to_string().contains("lease_secs"), "{lease}: {err}");
+        }
+        assert!(Config::from_toml("[refresh]\nhttp_timeout_secs = 10\nlease_secs = 21").is_ok());
     }
 
     #[test]

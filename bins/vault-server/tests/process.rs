@@ -1302,7 +1302,7 @@ fn a_replica_killed_while_holding_the_refresh_lease_is_taken_over() {
         dir.path(),
         db.url(),
         &fake,
-        "http_timeout_secs = 4\nlease_secs = 5",
+        "http_timeout_secs = 3\nlease_secs = 7",
     );
     let envs = [("VAULT_CONFIG", config.to_str().unwrap())];
     let a = start(dir.path(), &envs).unwrap();
@@ -1314,7 +1314,7 @@ fn a_replica_killed_while_holding_the_refresh_lease_is_taken_over() {
     );
     assert_eq!(stored.status().as_u16(), 201);
     std::thread::sleep(Duration::from_millis(1500));
-    fake.set_delay(Duration::from_millis(2000));
+    fake.set_delay(Duration::from_millis(1000));
     // A provider that rotates refresh tokens would have rotated this one
     // away in the call the killed replica never saw answered (the grant
     // is then dead, as it would be for a single node); this one does not.

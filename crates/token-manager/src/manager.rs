@@ -682,7 +682,7 @@ impl TokenManager {
         let mut token = self.open(&stored).await?;
         check_scopes(&token, required)?;
         let now = self.now();
-        let expired = |t: &SealedToken| -> Result<bool> {
+        let expired = |t: &SealedToken, now: OffsetDateTime| -> Result<bool> {
             Ok(t.valid_until
                 .map(from_ms)
                 .transpose()?
@@ -690,7 +690,7 @@ impl TokenManager {
         };
         if force {
             (stored, token) = self.forced_refresh(ctx, stored, token).await?;
-        } else if expired(&token)? {
+        } else if expired(&token, now)? {
             if token.refresh_token.is_none() || self.refresher(address.platform()).is_none() {
                 return Err(Error::TokenExpired {
                     platform: address.platform().to_owned(),
@@ -703,7 +703,8 @@ impl TokenManager {
             self.spawn_background_refresh(address, stored.version);
         }
         check_scopes(&token, required)?;
-        if expired(&token)? {
+        // Read the clock again: a refresh above may have taken a while.
+        if expired(&token, self.now())? {
             return Err(Error::TokenExpired {
                 platform: address.platform().to_owned(),
             });

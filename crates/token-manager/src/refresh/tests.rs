@@ -197,6 +197,27 @@ async fn a_rotation_with_an_unusable_lifetime_is_kept_with_the_previous_lifetime
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_already_expired_when_its_refresh_ends_is_not_handed_out() {
+    let f = fixture().await;
+    f.store("acme", Some(3600)).await;
+    f.clock.advance(Duration::seconds(3600));
+    // The provider answers slowly with a token that expires at once, and
+    // the clock moves two minutes while it does: the token is expired by
+    // the time of the answer, though not by the time the fetch began.
+    f.provider.set_expires_in(Some(0));
+    f.provider.set_delay(StdDuration::from_millis(300));
+    let fetch = {
+        let tokens = f.tokens.clone();
+        tokio::spawn(async move { tokens.fetch(&ctx(), &addr("acme"), &[]).await })
+    };
+    f.wait_for_calls(1).await;
+    f.clock.advance(Duration::seconds(120));
+    let err = fetch.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::TokenExpired { .. }), "{err}");
+    assert_eq!(f.provider.refresh_calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_reads_cause_exactly_one_refresh() {
     let f = fixture().await;
     f.store("acme", Some(3600)).await;

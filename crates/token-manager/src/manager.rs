@@ -522,6 +522,28 @@ impl TokenManager {
                     .await);
             }
         };
+        match self.store_valid(ctx, &request, &scopes, &token_type).await {
+            Ok(info) => Ok(info),
+            // The store failed: a record of the failure would not be
+            // written either, and the store's error is the one to report.
+            Err(e @ (Error::Store(_) | Error::AuditUnavailable(_))) => Err(e),
+            // Sealing failed (a key service down, say), or other writers
+            // kept winning: recorded as failed, like an invalid request.
+            Err(e) => Err(self
+                .record_failure(ctx, AuditAction::Store, &address, e)
+                .await),
+        }
+    }
+
+    /// Stores a validated request: the attempts of [`TokenManager::store`].
+    async fn store_valid(
+        &self,
+        ctx: &RequestContext,
+        request: &StoreRequest,
+        scopes: &[String],
+        token_type: &str,
+    ) -> Result<SecretInfo> {
+        let address = request.address.clone();
         for _ in 0..STORE_ATTEMPTS {
             let now = self.now();
             let existing = self.inner.store.get(&address).await?;
@@ -532,7 +554,7 @@ impl TokenManager {
             let created_at = existing.map_or(now, |s| s.created_at);
             let version = current.unwrap_or(0) + 1;
             let write = self
-                .sealed_write(&request, &scopes, &token_type, version, now)
+                .sealed_write(request, scopes, token_type, version, now)
                 .await?;
             let record = audit_record(
                 now,

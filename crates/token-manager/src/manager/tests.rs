@@ -159,6 +159,52 @@ async fn unknown_address_is_not_found_and_audited() {
 }
 
 #[tokio::test]
+async fn a_store_that_cannot_be_sealed_is_recorded_as_failed() {
+    // A KMS that cannot be reached: sealing fails, nothing is stored, and
+    // the attempt is in the usage log.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("vault.db"))
+            .await
+            .unwrap(),
+    );
+    let kms = vault_encryption_layer::AwsKmsProvider::new(vault_encryption_layer::AwsKmsConfig {
+        endpoint: "http://127.0.0.1:1".into(),
+        region: "us-east-1".into(),
+        key_id: "alias/vault".into(),
+        previous_key_ids: Vec::new(),
+        credentials: vault_encryption_layer::AwsCredentials {
+            access_key_id: "AKIDTEST".into(),
+            secret_access_key: zeroize::Zeroizing::new("test-secret".into()),
+            session_token: None,
+        },
+        timeout: std::time::Duration::from_secs(2),
+    })
+    .unwrap();
+    let clock = Arc::new(ManualClock::new(datetime!(2026-03-01 12:00 UTC)));
+    let tokens = TokenManager::new(
+        store,
+        Envelope::new(Arc::new(kms)),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    );
+    let err = tokens
+        .store(
+            &ctx("k1"),
+            StoreRequest::new(slack(), slack_token("xoxb-KMS-DOWN")),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Crypto(_)), "{err}");
+    assert!(tokens.secret_store().get(&slack()).await.unwrap().is_none());
+    let log = tokens.secret_store().recent_audit(10).await.unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].action, AuditAction::Store);
+    assert_eq!(log[0].outcome, AuditOutcome::Failed);
+    assert_eq!(log[0].request_id, "k1");
+    assert!(!format!("{log:?}").contains("KMS-DOWN"));
+}
+
+#[tokio::test]
 async fn delete_removes_the_secret() {
     let f = fixture().await;
     for i in 0..3 {

@@ -128,6 +128,23 @@ fn engine_map(
 }
 
 impl ConfigResolver {
+    /// Allows an administrative request when one of the engine's grants
+    /// satisfies `enough`.
+    async fn admin_if(&self, principal: &Principal, enough: impl Fn(&Grant) -> bool) -> Result<()> {
+        let engines = self.engines().await?;
+        let allowed = engines
+            .get(&principal.engine_id)
+            .is_some_and(|e| e.grants.iter().any(&enough));
+        if allowed {
+            Ok(())
+        } else {
+            Err(Error::Forbidden {
+                engine_id: principal.engine_id.clone(),
+                action: "admin",
+            })
+        }
+    }
+
     /// Validates the engine list and builds a resolver over it alone.
     pub fn new(engines: Vec<EngineConfig>) -> Result<Self> {
         let map = engine_map(&engines, Vec::new(), &[])?;
@@ -230,35 +247,13 @@ impl AccessResolver for ConfigResolver {
     }
 
     async fn authorize_admin(&self, principal: &Principal) -> Result<()> {
-        let engines = self.engines().await?;
-        let allowed = engines
-            .get(&principal.engine_id)
-            .is_some_and(|e| e.grants.iter().any(|g| g.has_action(crate::Action::Admin)));
-        if allowed {
-            Ok(())
-        } else {
-            Err(Error::Forbidden {
-                engine_id: principal.engine_id.clone(),
-                action: "admin",
-            })
-        }
+        self.admin_if(principal, |g| g.has_action(crate::Action::Admin))
+            .await
     }
 
     async fn authorize_vault_admin(&self, principal: &Principal) -> Result<()> {
-        let engines = self.engines().await?;
-        let allowed = engines.get(&principal.engine_id).is_some_and(|e| {
-            e.grants
-                .iter()
-                .any(|g| g.covers_everything(crate::Action::Admin))
-        });
-        if allowed {
-            Ok(())
-        } else {
-            Err(Error::Forbidden {
-                engine_id: principal.engine_id.clone(),
-                action: "admin",
-            })
-        }
+        self.admin_if(principal, |g| g.covers_everything(crate::Action::Admin))
+            .await
     }
 
     async fn authorize(&self, principal: &Principal, request: &AccessRequest<'_>) -> Result<()> {

@@ -103,6 +103,9 @@ impl TokenManager {
             .min(u32::try_from(config.concurrency.saturating_mul(4)).unwrap_or(u32::MAX))
             .max(1);
         loop {
+            // Tokens already refreshed but refused by the store come first:
+            // their leases are renewed while they wait.
+            self.retry_unpersisted().await;
             let now = self.now();
             let mut full = false;
             match self.claim_due(now, claim).await {

@@ -925,6 +925,9 @@ impl TokenManager {
             {
                 Ok(_) => {
                     trace_audit(&record);
+                    // Tokens refreshed here that the store had refused are
+                    // live at the provider too.
+                    self.discard_unpersisted(address, stored.version, None);
                     return Ok(DeleteOutcome {
                         address: address.clone(),
                         version: stored.version,

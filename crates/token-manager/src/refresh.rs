@@ -5,7 +5,7 @@ use vault_secret_store::{
     AuditAction, AuditOutcome, LeaseOutcome, RefreshState, SecretMeta, SecretStatus, SecretWrite,
     StoredSecret,
 };
-use vault_types::SecretAddress;
+use vault_types::{Secret, SecretAddress};
 
 use crate::manager::{audit_record, expiry, from_ms, to_ms, trace_audit};
 use crate::model::{SealedToken, normalise_scopes};
@@ -45,6 +45,12 @@ impl TokenManager {
         let result = self
             .refresh_leased(ctx, &provider, &platform, stored, token)
             .await;
+        if self.has_unpersisted(address) {
+            // The provider's answer is only in this process: keep the lease
+            // (the background refresher renews it while it retries the
+            // write), so no other replica spends the old refresh token.
+            return result;
+        }
         let holder = &self.inner.holder;
         if let Err(e) = self
             .inner
@@ -225,7 +231,7 @@ impl TokenManager {
                 Err(Error::Store(vault_secret_store::Error::Conflict { .. })) => {
                     // A new token was stored while we refreshed (the user
                     // reconnected): it wins. Ours is revoked, best effort.
-                    self.revoke_discarded(&stored.address, &refreshed, &old);
+                    self.revoke_discarded(&stored.address, &refreshed, old.refresh_token.as_ref());
                     let current = self.current(&stored.address).await?;
                     let token = self.open(&current).await?;
                     return Ok((current, token));
@@ -344,13 +350,20 @@ impl TokenManager {
 
     /// Revokes tokens that were refreshed but lost to a concurrent store,
     /// in the background and best effort: they must not stay valid unused.
-    fn revoke_discarded(&self, address: &SecretAddress, refreshed: &Refreshed, old: &SealedToken) {
+    /// Revokes refreshed tokens that will not be stored, best effort; the
+    /// refresh token only if it is not `kept` (one that did not rotate).
+    fn revoke_discarded(
+        &self,
+        address: &SecretAddress,
+        refreshed: &Refreshed,
+        kept: Option<&Secret>,
+    ) {
         let Some(provider) = self.inner.providers.get(address.platform()).cloned() else {
             return;
         };
         let mut tokens = vec![(TokenKind::Access, refreshed.access_token.clone())];
         if let Some(rt) = &refreshed.refresh_token
-            && old.refresh_token.as_ref() != Some(rt)
+            && kept != Some(rt)
         {
             tokens.push((TokenKind::Refresh, rt.clone()));
         }
@@ -550,6 +563,9 @@ impl TokenManager {
                 };
                 self.park(&ctx, &stored, refresh, "not_refreshable").await;
             }
+            // Refreshed tokens wait in memory for the store: no backoff,
+            // the next round writes them.
+            Err(_) if self.has_unpersisted(address) => {}
             // Anything else (a key or storage failure before the provider
             // was asked): back off like a failed refresh, so a stuck row
             // cannot keep others from their turn.
@@ -564,6 +580,72 @@ impl TokenManager {
                     ..stored.meta.refresh.clone()
                 };
                 self.park(&ctx, &stored, refresh, e.code()).await;
+            }
+        }
+    }
+
+    /// Whether tokens refreshed for `address` are waiting in memory for
+    /// the store.
+    pub(crate) fn has_unpersisted(&self, address: &SecretAddress) -> bool {
+        self.inner
+            .unpersisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(address)
+    }
+
+    /// Tries again to store tokens refreshed earlier that the store
+    /// refused, renewing their refresh leases as it does. Tokens that a
+    /// newer version (the user reconnected) or a delete made pointless are
+    /// dropped and revoked, best effort.
+    pub(crate) async fn retry_unpersisted(&self) {
+        let waiting: Vec<(SecretAddress, u64)> = self
+            .inner
+            .unpersisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(address, (base, _))| (address.clone(), *base))
+            .collect();
+        let ctx = background_context();
+        for (address, base) in waiting {
+            match self.refresh_locked(&ctx, &address, base).await {
+                Ok((current, token))
+                    if current.version != base + 1 || self.has_unpersisted(&address) =>
+                {
+                    self.discard_unpersisted(&address, base, Some(&token));
+                }
+                Err(Error::NotFound(_) | Error::ReauthRequired { .. }) => {
+                    self.discard_unpersisted(&address, base, None);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(address = %address, error = %e, "refreshed tokens still cannot be stored");
+                }
+            }
+        }
+    }
+
+    /// Drops the tokens refreshed on `base` that wait for `address`, and
+    /// revokes them unless they are what `current` holds.
+    pub(crate) fn discard_unpersisted(
+        &self,
+        address: &SecretAddress,
+        base: u64,
+        current: Option<&SealedToken>,
+    ) {
+        let mut waiting = self
+            .inner
+            .unpersisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if waiting.get(address).is_some_and(|(b, _)| *b == base)
+            && let Some((_, refreshed)) = waiting.remove(address)
+        {
+            drop(waiting);
+            if current.is_none_or(|c| c.access_token != refreshed.access_token) {
+                let kept = current.and_then(|c| c.refresh_token.as_ref());
+                self.revoke_discarded(address, &refreshed, kept);
             }
         }
     }
@@ -585,6 +667,9 @@ impl TokenManager {
     /// Gives back a claimed lease that no refresh used (the token was no
     /// longer due); a no-op when the refresh already gave it back.
     pub(crate) async fn release_claim(&self, address: &SecretAddress) {
+        if self.has_unpersisted(address) {
+            return;
+        }
         if let Err(e) = self
             .inner
             .store

@@ -14,8 +14,8 @@ use vault_secret_store::{LeaseOutcome, PostgresOptions, PostgresStore, SecretSto
 use vault_test_support::{CLIENT_ID, CLIENT_SECRET, FakeProvider, TestDatabase};
 use vault_token_manager::provider::{ProviderConfig, ProviderDefinition, ProviderRegistry};
 use vault_token_manager::{
-    AuditAction, AuditOutcome, AuditSink, ForwarderConfig, RefreshPolicy, RequestContext,
-    StoreRequest, TokenData, TokenManager,
+    AuditAction, AuditOutcome, AuditSink, ForwarderConfig, RefreshPolicy, RefresherConfig,
+    RequestContext, StoreRequest, TokenData, TokenManager,
 };
 use vault_types::{Clock, ManualClock, Secret, SecretAddress};
 
@@ -253,6 +253,81 @@ async fn one_replica_at_a_time_forwards_the_usage_log(postgres: bool) {
     }
 }
 
+impl Replicas {
+    /// Makes the database refuse (or accept again) every new version of a
+    /// secret, while leases and everything else still work: a store that
+    /// fails between the provider's answer and its commit.
+    fn refuse_new_versions(&self, refuse: bool) {
+        match &self.data {
+            Data::Sqlite(dir) => {
+                let conn = rusqlite::Connection::open(dir.path().join("vault.db")).unwrap();
+                conn.execute_batch(if refuse {
+                    "CREATE TRIGGER refuse BEFORE UPDATE OF version ON secrets
+                     BEGIN SELECT RAISE(FAIL, 'refused'); END;"
+                } else {
+                    "DROP TRIGGER refuse;"
+                })
+                .unwrap();
+            }
+            Data::Postgres(db) => db
+                .execute(if refuse {
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+                       $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+                     CREATE TRIGGER refuse BEFORE UPDATE OF version ON secrets
+                       FOR EACH ROW EXECUTE FUNCTION refuse();"
+                } else {
+                    "DROP TRIGGER refuse ON secrets; DROP FUNCTION refuse();"
+                })
+                .unwrap(),
+        }
+    }
+}
+
+async fn tokens_refreshed_but_not_stored_keep_their_lease_until_written(postgres: bool) {
+    let lease = StdDuration::from_secs(1);
+    let Some(r) = Replicas::start(postgres, 2, lease).await else {
+        return;
+    };
+    // The provider rotates refresh tokens and refuses a used one, as
+    // Slack, Notion and GitHub Apps do.
+    r.store(0, 60).await;
+    r.clock.advance(Duration::seconds(60));
+    r.refuse_new_versions(true);
+    let (a, b) = (&r.replicas[0], &r.replicas[1]);
+    let err = a.fetch(&ctx(), &addr(0), &[]).await.unwrap_err();
+    assert_eq!(err.kind(), vault_types::ErrorKind::Unavailable, "{err:?}");
+    assert_eq!(r.provider.refresh_calls(), 1);
+    // Replica a keeps the lease and retries the write in the background.
+    let background = tokio::spawn(a.clone().run_refresher(RefresherConfig {
+        interval: StdDuration::from_millis(100),
+        max_jitter: StdDuration::ZERO,
+        ..RefresherConfig::default()
+    }));
+    // Replica b must not spend the rotated-away refresh token, however
+    // long it waits (leases run out after 1 s; it gives up after 3 s).
+    let err = b.fetch(&ctx(), &addr(0), &[]).await.unwrap_err();
+    assert_eq!(r.provider.refresh_calls(), 1, "{err:?}");
+    assert!(err.to_string().contains("refresh_in_progress"), "{err}");
+    // Once the database takes writes again, a's tokens are stored, and
+    // everyone reads them.
+    r.refuse_new_versions(false);
+    let store = b.secret_store();
+    for _ in 0..100 {
+        if store.get(&addr(0)).await.unwrap().unwrap().version == 2 {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    let token = b.fetch(&ctx(), &addr(0), &[]).await.unwrap();
+    assert_eq!(token.access_token.expose(), "at-refreshed-1");
+    assert_eq!(r.provider.refresh_calls(), 1);
+    // The rotated refresh token is the stored one: the next refresh works.
+    r.clock.advance(Duration::seconds(4000));
+    let token = b.fetch(&ctx(), &addr(0), &[]).await.unwrap();
+    assert_eq!(token.access_token.expose(), "at-refreshed-2");
+    background.abort();
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -279,4 +354,5 @@ on_both!(
     background_refreshers_split_the_due_tokens,
     a_dead_replicas_lease_runs_out_and_another_refreshes,
     one_replica_at_a_time_forwards_the_usage_log,
+    tokens_refreshed_but_not_stored_keep_their_lease_until_written,
 );

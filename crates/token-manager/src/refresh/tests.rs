@@ -748,6 +748,31 @@ async fn refreshed_tokens_the_store_refused_are_kept_and_written_later() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_revokes_refreshed_tokens_the_store_had_refused() {
+    let f = fixture().await;
+    f.store("acme", Some(60)).await;
+    f.clock.advance(Duration::seconds(60));
+    let conn = rusqlite::Connection::open(f._dir.path().join("vault.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse BEFORE UPDATE OF version ON secrets
+         BEGIN SELECT RAISE(FAIL, 'refused'); END;",
+    )
+    .unwrap();
+    assert!(f.fetch("acme").await.is_err());
+    assert_eq!(f.provider.refresh_calls(), 1);
+    // The refreshed tokens exist only in memory and at the provider.
+    f.tokens.delete(&ctx(), &addr("acme")).await.unwrap();
+    for _ in 0..100 {
+        let revoked: Vec<String> = f.provider.revoked().into_iter().map(|(t, _)| t).collect();
+        if revoked.contains(&"at-refreshed-1".to_string()) {
+            return;
+        }
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    panic!("not revoked: {:?}", f.provider.revoked());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_stored_during_a_delete_is_revoked_and_deleted_too() {
     let f = fixture().await;
     f.store("acme", Some(3600)).await;

@@ -892,9 +892,32 @@ impl TokenManager {
         ctx: &RequestContext,
         address: &SecretAddress,
     ) -> Result<DeleteOutcome> {
-        // No refresh may rotate the tokens between revocation and delete.
+        // No refresh may rotate the tokens between revocation and delete:
+        // not in this process (the lock), nor on another replica (the
+        // refresh lease, which the delete ends with the row).
         let lock = self.inner.locks.get(address);
         let _guard = lock.lock().await;
+        let held = match self.hold_refresh_lease(address).await {
+            Ok(held) => held,
+            Err(e) => {
+                return Err(self
+                    .record_failure(ctx, AuditAction::Delete, address, e)
+                    .await);
+            }
+        };
+        let result = self.delete_held(ctx, address).await;
+        if held && result.is_err() {
+            self.release_claim(address).await;
+        }
+        result
+    }
+
+    /// The delete, under the refresh lease.
+    async fn delete_held(
+        &self,
+        ctx: &RequestContext,
+        address: &SecretAddress,
+    ) -> Result<DeleteOutcome> {
         for _ in 0..STORE_ATTEMPTS {
             let record = audit_record(
                 self.now(),

@@ -153,6 +153,36 @@ impl TokenManager {
         }
     }
 
+    /// Takes `address`'s refresh lease for work that must not overlap a
+    /// refresh on any replica (a delete), waiting out another holder as a
+    /// refresh does. False when there is no such secret.
+    pub(crate) async fn hold_refresh_lease(&self, address: &SecretAddress) -> Result<bool> {
+        let ttl = self.inner.policy.lease;
+        let give_up = std::time::Instant::now() + ttl * 2 + std::time::Duration::from_secs(1);
+        let mut delay = std::time::Duration::from_millis(5);
+        loop {
+            match self
+                .inner
+                .store
+                .acquire_refresh_lease(address, &self.inner.holder, ttl)
+                .await?
+            {
+                LeaseOutcome::Acquired => return Ok(true),
+                LeaseOutcome::Missing => return Ok(false),
+                LeaseOutcome::Held => {
+                    if std::time::Instant::now() >= give_up {
+                        return Err(Error::RefreshFailed {
+                            platform: address.platform().to_owned(),
+                            kind: "refresh_in_progress".into(),
+                        });
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
     /// The refresh itself, under the lease: stores tokens refreshed earlier
     /// but not yet stored, or calls the provider and commits its answer.
     async fn refresh_leased(

@@ -328,6 +328,34 @@ async fn tokens_refreshed_but_not_stored_keep_their_lease_until_written(postgres
     background.abort();
 }
 
+async fn a_delete_waits_for_a_refresh_on_another_replica(postgres: bool) {
+    let Some(r) = Replicas::start(postgres, 2, StdDuration::from_secs(30)).await else {
+        return;
+    };
+    r.store(0, 60).await;
+    r.clock.advance(Duration::seconds(60));
+    r.provider.set_delay(StdDuration::from_millis(500));
+    let a = r.replicas[0].clone();
+    let refreshing = tokio::spawn(async move { a.fetch(&ctx(), &addr(0), &[]).await });
+    for _ in 0..200 {
+        if r.provider.refresh_calls() == 1 {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(5)).await;
+    }
+    assert_eq!(r.provider.refresh_calls(), 1);
+    // Replica b deletes while a's provider call is under way: it waits for
+    // the new version, so the tokens it revokes and deletes are the
+    // refreshed ones, not the ones the provider has just replaced.
+    let out = r.replicas[1].delete(&ctx(), &addr(0)).await.unwrap();
+    assert_eq!(out.version, 2, "the delete covered the refreshed version");
+    let fetched = refreshing.await.unwrap().unwrap();
+    assert_eq!(fetched.access_token.expose(), "at-refreshed-1");
+    let store = r.replicas[1].secret_store();
+    assert!(store.get(&addr(0)).await.unwrap().is_none());
+    assert_eq!(r.provider.refresh_calls(), 1);
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -355,4 +383,5 @@ on_both!(
     a_dead_replicas_lease_runs_out_and_another_refreshes,
     one_replica_at_a_time_forwards_the_usage_log,
     tokens_refreshed_but_not_stored_keep_their_lease_until_written,
+    a_delete_waits_for_a_refresh_on_another_replica,
 );

@@ -13,6 +13,9 @@ use crate::notify::Event;
 use crate::provider::{ProviderError, Refreshed, TokenKind};
 use crate::{Error, RequestContext, Result, TokenManager};
 
+/// The error of a refresh whose new access token expired as it arrived.
+const EXPIRED_ON_ARRIVAL: &str = "expired_on_arrival";
+
 impl TokenManager {
     /// Refreshes the token at `address` unless someone already replaced the
     /// version the caller saw (`seen_version`).
@@ -322,8 +325,22 @@ impl TokenManager {
         };
         let sealed = self.seal(&token, &address, version).await?;
         let has_refresh_token = token.refresh_token.is_some();
+        // A token that expires as it arrives (`expires_in: 0`) is stored
+        // (its refresh token may have rotated) but counts as a failed
+        // refresh: the next attempt waits out a backoff instead of every
+        // fetch calling the provider again.
+        let expired_on_arrival = lifetime == Some(0);
+        let failed = expired_on_arrival.then(|| {
+            let failures = stored.meta.refresh.failure_count.saturating_add(1);
+            let delay = self.backoff_delay(failures, self.inner.policy.backoff_max);
+            (failures, now + delay)
+        });
         let meta = SecretMeta {
-            status: SecretStatus::Active,
+            status: if expired_on_arrival {
+                SecretStatus::RefreshFailing
+            } else {
+                SecretStatus::Active
+            },
             valid_until,
             scopes,
             has_refresh_token,
@@ -337,7 +354,9 @@ impl TokenManager {
                     has_refresh_token,
                 ),
                 last_refresh_at: Some(now),
-                ..RefreshState::default()
+                failure_count: failed.map_or(0, |(n, _)| n),
+                next_attempt_at: failed.map(|(_, at)| at),
+                last_error: failed.map(|_| EXPIRED_ON_ARRIVAL.to_owned()),
             },
         };
         // The key the value really is sealed under (a rotation may have
@@ -357,7 +376,7 @@ impl TokenManager {
             AuditAction::Refresh,
             Some(&address),
             AuditOutcome::Success,
-            None,
+            expired_on_arrival.then_some(EXPIRED_ON_ARRIVAL),
         );
         self.inner
             .store

@@ -217,6 +217,50 @@ async fn a_token_already_expired_when_its_refresh_ends_is_not_handed_out() {
     assert_eq!(f.provider.refresh_calls(), 1);
 }
 
+#[tokio::test]
+async fn a_provider_answering_expired_tokens_is_not_called_on_every_fetch() {
+    let f = fixture().await;
+    f.store("acme", Some(3600)).await;
+    f.clock.advance(Duration::seconds(3600));
+    f.provider.set_expires_in(Some(0));
+    let err = f.fetch("acme").await.unwrap_err();
+    assert!(matches!(err, Error::TokenExpired { .. }), "{err:?}");
+    for _ in 0..4 {
+        let err = f.fetch("acme").await.unwrap_err();
+        assert!(
+            err.to_string().contains("expired_on_arrival"),
+            "{err}: the refresh failure says why"
+        );
+        assert_eq!(err.kind(), vault_types::ErrorKind::Unavailable, "{err:?}");
+    }
+    assert_eq!(
+        f.provider.refresh_calls(),
+        1,
+        "the others wait out a backoff"
+    );
+    let s = f.stored("acme").await;
+    assert_eq!(
+        s.version, 2,
+        "the answer was stored (its refresh token rotated)"
+    );
+    assert_eq!(
+        s.meta.refresh.last_error.as_deref(),
+        Some("expired_on_arrival")
+    );
+    assert_eq!(s.meta.refresh.failure_count, 1);
+    assert_eq!(s.meta.status, SecretStatus::RefreshFailing);
+    // After the backoff, one more attempt; a good answer clears it all.
+    f.provider.set_expires_in(Some(3600));
+    f.clock.advance(Duration::seconds(3600));
+    let t = f.fetch("acme").await.unwrap();
+    assert_eq!(t.access_token.expose(), "at-refreshed-2");
+    assert_eq!(f.provider.refresh_calls(), 2);
+    let s = f.stored("acme").await;
+    assert_eq!(s.meta.refresh.failure_count, 0);
+    assert_eq!(s.meta.refresh.last_error, None);
+    assert_eq!(s.meta.status, SecretStatus::Active);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_reads_cause_exactly_one_refresh() {
     let f = fixture().await;

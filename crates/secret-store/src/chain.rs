@@ -112,6 +112,39 @@ pub(crate) fn anchor_signature(
     mac_with(mac, version, &data)
 }
 
+/// Where the next record joins the chain: after `last` (the newest row,
+/// or the retention checkpoint when every row was pruned), unless the
+/// signed head says the chain went further. Then the head wins, so records
+/// cut off the end stay missing, and `audit verify` keeps finding them,
+/// instead of a new head being signed over the cut. A head that does not
+/// verify is tampering: nothing is appended over it.
+pub(crate) fn chain_position(
+    mac: Option<&dyn AuditMac>,
+    last: Option<(i64, Option<Vec<u8>>)>,
+    head: Option<Anchor>,
+) -> Result<(i64, Vec<u8>)> {
+    let last_seq = last.as_ref().map_or(0, |(s, _)| *s);
+    if let (Some(m), Some((seq, head_mac, signature, version))) = (mac, head) {
+        if !signed(
+            anchor_signature(m, version, "head", seq, &head_mac),
+            &signature,
+        ) {
+            return Err(Error::Corrupt(
+                "the usage log's head anchor does not verify (run `audit verify`); \
+                 nothing is appended over it"
+                    .into(),
+            ));
+        }
+        if seq >= last_seq {
+            return Ok((seq, head_mac));
+        }
+    }
+    let prev = last
+        .and_then(|(_, m)| m)
+        .unwrap_or_else(|| GENESIS.to_vec());
+    Ok((last_seq, prev))
+}
+
 /// The key version new MACs are made with, as stored.
 pub(crate) fn mac_version(mac: &dyn AuditMac) -> Option<i64> {
     Some(i64::from(mac.version()))

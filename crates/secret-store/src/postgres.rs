@@ -30,8 +30,8 @@ use tokio_postgres::types::ToSql;
 use vault_types::SecretAddress;
 
 use crate::chain::{
-    Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, checkpoint_signature,
-    from_ms, mac_version, ms, signed, verify_rows,
+    Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, chain_position,
+    checkpoint_signature, from_ms, mac_version, ms, signed, verify_rows,
 };
 use crate::group::{self, Batch, Pending, PutJob, Reply};
 use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
@@ -450,10 +450,11 @@ async fn insert_audits(
             .map(|r| Ok::<_, Error>((r.try_get(0)?, Some(r.try_get(1)?))))
             .transpose()?;
     }
-    let mut seq = last.as_ref().map_or(0, |(s, _)| *s);
-    let mut prev = last
-        .and_then(|(_, m)| m)
-        .unwrap_or_else(|| GENESIS.to_vec());
+    let head = match mac {
+        Some(_) => get_anchor(c, "head").await?,
+        None => None,
+    };
+    let (mut seq, mut prev) = chain_position(mac, last, head)?;
     let version = mac.and_then(mac_version);
     if let Some(m) = mac
         && get_anchor(c, "start").await?.is_none()

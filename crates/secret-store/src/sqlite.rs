@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 use vault_types::SecretAddress;
 
 use crate::chain::{
-    Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, checkpoint_signature,
-    from_ms, mac_version, ms, signed, verify_rows,
+    Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, chain_position,
+    checkpoint_signature, from_ms, mac_version, ms, signed, verify_rows,
 };
 use crate::group::{self, Batch, Pending, PutJob, Reply};
 use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
@@ -602,10 +602,11 @@ fn insert_audits(
             .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
     }
-    let mut seq = last.as_ref().map_or(0, |(s, _)| *s);
-    let mut prev = last
-        .and_then(|(_, m)| m)
-        .unwrap_or_else(|| GENESIS.to_vec());
+    let head = match mac {
+        Some(_) => get_anchor(tx, "head")?,
+        None => None,
+    };
+    let (mut seq, mut prev) = chain_position(mac, last, head)?;
     let mut stmt = tx.prepare_cached(
         "INSERT INTO audit_log (seq, at_ms, request_id, engine_id, action, environment, project,
              platform, outcome, detail, mac, mac_key)
@@ -1437,8 +1438,14 @@ impl SecretStore for SqliteStore {
                 .group_committed(|reply| Pending::Audit(record, reply))
                 .await;
         }
-        self.with_writer(move |c, mac| insert_audit(c, &record, mac))
-            .await
+        // The row and the anchors commit together.
+        self.with_writer(move |c, mac| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            insert_audit(&tx, &record, mac)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 
     async fn query_audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>> {

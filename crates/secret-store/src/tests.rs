@@ -1013,6 +1013,53 @@ async fn cutting_off_the_newest_records_is_found(fx: Fx) {
     assert_eq!(v.last_verified_seq, Some(4));
 }
 
+async fn records_cut_off_the_end_stay_missing_after_later_appends(fx: Fx) {
+    let store = chained(&fx, 6).await;
+    fx.exec("DELETE FROM audit_log WHERE seq >= 5");
+    // The vault goes on writing: the chain continues from the signed head
+    // (after 6), not from the cut, so the gap is still found.
+    for i in 0..3 {
+        store
+            .append_audit(audit(AuditAction::Read, &format!("after{i}")))
+            .await
+            .unwrap();
+    }
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
+    // Found where the chain resumes after the gap.
+    assert_eq!(v.problem, Some(AuditProblem::Removed { seq: 7 }));
+    assert_eq!(v.last_verified_seq, Some(4));
+    let newest = store.recent_audit(1).await.unwrap();
+    assert_eq!(newest[0].request_id, "after2");
+    let seqs: Vec<i64> = store
+        .query_audit(AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        [9, 8, 7, 4, 3, 2, 1],
+        "numbered after the signed head"
+    );
+}
+
+async fn nothing_is_appended_over_a_forged_head(fx: Fx) {
+    let store = chained(&fx, 6).await;
+    fx.exec("DELETE FROM audit_log WHERE seq >= 5");
+    fx.exec("UPDATE audit_anchors SET seq = 4 WHERE name = 'head'");
+    let err = store
+        .append_audit(audit(AuditAction::Read, "over-the-forgery"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("head anchor"), "{err}");
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
+    assert!(v.problem.is_some(), "{v:?}");
+}
+
 async fn forged_rows_below_a_checkpoint_are_found(fx: Fx) {
     let store = chained(&fx, 6).await;
     store.prune_audit(T0 + Duration::days(1), 3).await.unwrap();
@@ -1735,6 +1782,8 @@ conformance!(
     concurrent_stores_conflicts_and_records_commit_together,
     stripping_the_chain_is_found,
     cutting_off_the_newest_records_is_found,
+    records_cut_off_the_end_stay_missing_after_later_appends,
+    nothing_is_appended_over_a_forged_head,
     forged_rows_below_a_checkpoint_are_found,
     a_cursor_moved_by_hand_is_refused,
     the_chain_verifies_across_a_usage_log_key_rotation,

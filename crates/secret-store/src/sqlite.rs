@@ -1566,8 +1566,13 @@ impl SecretStore for SqliteStore {
     }
 
     async fn verify_audit(&self, mac: Arc<dyn AuditMac>) -> Result<AuditVerification> {
-        self.with_reader(move |c| verify_audit(c, mac.as_ref()))
-            .await
+        // One read transaction: the rows, anchors and checkpoint all from
+        // one snapshot, however many records are appended meanwhile.
+        self.with_reader(move |c| {
+            let snapshot = c.unchecked_transaction()?;
+            verify_audit(&snapshot, mac.as_ref())
+        })
+        .await
     }
 
     async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>> {

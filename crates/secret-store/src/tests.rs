@@ -1047,6 +1047,29 @@ async fn records_cut_off_the_end_stay_missing_after_later_appends(fx: Fx) {
     );
 }
 
+async fn verify_sees_one_snapshot_while_records_are_appended(fx: Fx) {
+    let store = chained(&fx, 3).await;
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for i in 0..300 {
+                store
+                    .append_audit(audit(AuditAction::Read, &format!("w{i}")))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut runs = 0;
+    while !writer.is_finished() {
+        let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
+        assert_eq!(v.problem, None, "after {} records: {v:?}", v.records);
+        runs += 1;
+    }
+    writer.await.unwrap();
+    assert!(runs > 0);
+}
+
 async fn nothing_is_appended_over_a_forged_head(fx: Fx) {
     let store = chained(&fx, 6).await;
     fx.exec("DELETE FROM audit_log WHERE seq >= 5");
@@ -1784,6 +1807,7 @@ conformance!(
     cutting_off_the_newest_records_is_found,
     records_cut_off_the_end_stay_missing_after_later_appends,
     nothing_is_appended_over_a_forged_head,
+    verify_sees_one_snapshot_while_records_are_appended,
     forged_rows_below_a_checkpoint_are_found,
     a_cursor_moved_by_hand_is_refused,
     the_chain_verifies_across_a_usage_log_key_rotation,

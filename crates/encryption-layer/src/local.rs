@@ -357,6 +357,18 @@ fn remove_key(contents: &str, id: &str) -> Result<Zeroizing<String>> {
             let keys = parse_keys("key file", trimmed)?;
             if keys.iter().any(|k| k.id == id) {
                 found = true;
+                // Several keys may share a line: only this one goes.
+                let others: Vec<&str> = trimmed
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|encoded| !encoded.is_empty())
+                    .filter(|encoded| {
+                        parse_keys("key file", encoded).is_ok_and(|k| k.iter().all(|k| k.id != id))
+                    })
+                    .collect();
+                if !others.is_empty() {
+                    out.push_str(&others.join(","));
+                    out.push('\n');
+                }
                 continue;
             }
         }

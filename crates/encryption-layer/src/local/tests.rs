@@ -151,6 +151,48 @@ async fn retiring_removes_an_old_version_but_never_the_active_one() {
 }
 
 #[tokio::test]
+async fn retiring_one_of_several_keys_on_a_line_keeps_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let (a, b, c) = (
+        BASE64.encode([1u8; 32]),
+        BASE64.encode([2u8; 32]),
+        BASE64.encode([3u8; 32]),
+    );
+    std::fs::write(&path, format!("# old keys\n{a}, {b} {c}\n")).unwrap();
+    let p = LocalKeyProvider::from_file(&path, false).unwrap();
+    let ids = p.key_ids();
+    assert_eq!(ids.len(), 3);
+    let sealed_b = LocalKeyProvider::from_bytes(&[2u8; 32])
+        .unwrap()
+        .wrap(&DataKey::from_bytes([9u8; 32]))
+        .await
+        .unwrap();
+    // Retire the first: the second and the (active) third stay.
+    p.retire(&ids[0]).await.unwrap();
+    assert_eq!(p.key_ids(), ids[1..].to_vec());
+    let reread = LocalKeyProvider::from_file(&path, false).unwrap();
+    assert_eq!(reread.key_ids(), ids[1..].to_vec());
+    assert!(
+        reread
+            .unwrap(&sealed_b.key_id, &sealed_b.bytes)
+            .await
+            .is_ok()
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains(&a) && text.contains(&b) && text.contains(&c),
+        "{text}"
+    );
+    // And the middle one, leaving the active key alone on its line.
+    p.retire(&ids[1]).await.unwrap();
+    assert_eq!(
+        LocalKeyProvider::from_file(&path, false).unwrap().key_ids(),
+        vec![ids[2].clone()]
+    );
+}
+
+#[tokio::test]
 async fn a_list_of_keys_forms_a_ring_with_the_last_one_active() {
     let a = BASE64.encode([1u8; 32]);
     let b = BASE64.encode([2u8; 32]);

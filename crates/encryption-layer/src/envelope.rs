@@ -15,7 +15,7 @@ pub const FORMAT_VERSION: u8 = 1;
 
 const MAGIC: &[u8; 2] = b"VE";
 const TAG_LEN: usize = 16;
-const MAX_KEY_ID_LEN: usize = 64;
+pub(crate) const MAX_KEY_ID_LEN: usize = 64;
 
 // Sealed format, version 1 (all integers big endian):
 //

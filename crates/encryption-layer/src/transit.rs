@@ -97,6 +97,16 @@ impl TransitProvider {
     /// when the server is unreachable, the token is refused or the key
     /// does not exist.
     pub async fn connect(config: TransitConfig) -> Result<Self> {
+        // Every sealed value names its key as `transit:<name>:v<version>`
+        // in at most 64 bytes: a longer name would fail every seal later.
+        let longest = format!("transit:{}:v{}", config.key_name, u32::MAX).len();
+        if longest > crate::envelope::MAX_KEY_ID_LEN {
+            return Err(Error::Kms(format!(
+                "transit key name is {} bytes; at most {} fit in a sealed value's key id",
+                config.key_name.len(),
+                crate::envelope::MAX_KEY_ID_LEN - (longest - config.key_name.len())
+            )));
+        }
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .build()
@@ -305,5 +315,31 @@ impl KeyProvider for TransitProvider {
             .min_decryption
             .swap(info.min_decryption_version, Ordering::AcqRel);
         Ok(old_latest != info.latest_version || old_min != info.min_decryption_version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_key_name_too_long_for_a_sealed_value_is_refused_before_any_call() {
+        let config = |name: &str| TransitConfig {
+            // Nothing listens on port 1: reaching it would fail otherwise.
+            address: "http://127.0.0.1:1".into(),
+            mount: "transit".into(),
+            key_name: name.into(),
+            token: Zeroizing::new("s.test".into()),
+            timeout: Duration::from_secs(2),
+        };
+        let err = TransitProvider::connect(config(&"k".repeat(45)))
+            .await
+            .expect_err("too long");
+        assert!(err.to_string().contains("at most 44"), "{err}");
+        // 44 bytes fit: refused only for the unreachable server.
+        let err = TransitProvider::connect(config(&"k".repeat(44)))
+            .await
+            .expect_err("unreachable");
+        assert!(err.to_string().contains("could not connect"), "{err}");
     }
 }

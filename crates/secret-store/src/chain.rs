@@ -69,9 +69,10 @@ pub(crate) fn chain_mac(
 }
 
 /// Whether `signature` is what `expected` computed (an unknown key
-/// version never matches).
+/// version never matches), compared in constant time.
 pub(crate) fn signed(expected: Option<[u8; 32]>, signature: &[u8]) -> bool {
-    expected.is_some_and(|e| e.as_slice() == signature)
+    use subtle::ConstantTimeEq;
+    expected.is_some_and(|e| bool::from(e.as_slice().ct_eq(signature)))
 }
 
 pub(crate) const GENESIS: [u8; 32] = [0; 32];

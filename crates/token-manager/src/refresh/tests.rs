@@ -118,6 +118,20 @@ impl Fixture {
         self.store.get(&addr(platform)).await.unwrap().unwrap()
     }
 
+    /// Makes the database refuse (or accept again) every new version of a
+    /// secret, while leases and everything else still work: a store that
+    /// fails after the refresh lease was taken (a full disk, say).
+    fn refuse_new_versions(&self, refuse: bool) {
+        let conn = rusqlite::Connection::open(self._dir.path().join("vault.db")).unwrap();
+        conn.execute_batch(if refuse {
+            "CREATE TRIGGER refuse BEFORE UPDATE OF version ON secrets
+             BEGIN SELECT RAISE(FAIL, 'refused'); END;"
+        } else {
+            "DROP TRIGGER refuse;"
+        })
+        .unwrap();
+    }
+
     /// Waits (bounded) until the provider has seen `n` refresh calls.
     async fn wait_for_calls(&self, n: usize) {
         for _ in 0..500 {
@@ -766,18 +780,11 @@ async fn refreshed_tokens_the_store_refused_are_kept_and_written_later() {
     let f = fixture().await;
     f.store("acme", Some(60)).await;
     f.clock.advance(Duration::seconds(60));
-    // The database refuses every new version of the row (a full disk,
-    // say, after the refresh lease was taken).
-    let conn = rusqlite::Connection::open(f._dir.path().join("vault.db")).unwrap();
-    conn.execute_batch(
-        "CREATE TRIGGER refuse BEFORE UPDATE OF version ON secrets
-         BEGIN SELECT RAISE(FAIL, 'refused'); END;",
-    )
-    .unwrap();
+    f.refuse_new_versions(true);
     let err = f.fetch("acme").await.unwrap_err();
     assert_eq!(err.kind(), vault_types::ErrorKind::Unavailable, "{err:?}");
     assert_eq!(f.provider.refresh_calls(), 1);
-    conn.execute_batch("DROP TRIGGER refuse;").unwrap();
+    f.refuse_new_versions(false);
     // The next read stores the tokens already refreshed instead of spending
     // the old refresh token, which the provider has rotated away.
     let t = f.fetch("acme").await.unwrap();
@@ -796,12 +803,7 @@ async fn a_delete_revokes_refreshed_tokens_the_store_had_refused() {
     let f = fixture().await;
     f.store("acme", Some(60)).await;
     f.clock.advance(Duration::seconds(60));
-    let conn = rusqlite::Connection::open(f._dir.path().join("vault.db")).unwrap();
-    conn.execute_batch(
-        "CREATE TRIGGER refuse BEFORE UPDATE OF version ON secrets
-         BEGIN SELECT RAISE(FAIL, 'refused'); END;",
-    )
-    .unwrap();
+    f.refuse_new_versions(true);
     assert!(f.fetch("acme").await.is_err());
     assert_eq!(f.provider.refresh_calls(), 1);
     // The refreshed tokens exist only in memory and at the provider.

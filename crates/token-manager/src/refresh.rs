@@ -13,6 +13,36 @@ use crate::notify::Event;
 use crate::provider::{ProviderError, Refreshed, TokenKind};
 use crate::{Error, RequestContext, Result, TokenManager};
 
+/// Waiting out a refresh lease another process holds: with growing pauses
+/// (5 ms up to 100 ms), until a holder that died has surely lost it (twice
+/// the lease, and a second).
+struct HeldLease {
+    give_up: std::time::Instant,
+    delay: std::time::Duration,
+}
+
+impl HeldLease {
+    fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            give_up: std::time::Instant::now() + ttl * 2 + std::time::Duration::from_secs(1),
+            delay: std::time::Duration::from_millis(5),
+        }
+    }
+
+    /// Pauses before the next try, or gives up: `refresh_in_progress`.
+    async fn wait(&mut self, platform: &str) -> Result<()> {
+        if std::time::Instant::now() >= self.give_up {
+            return Err(Error::RefreshFailed {
+                platform: platform.to_owned(),
+                kind: "refresh_in_progress".into(),
+            });
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(std::time::Duration::from_millis(100));
+        Ok(())
+    }
+}
+
 /// The error of a refresh whose new access token expired as it arrived.
 const EXPIRED_ON_ARRIVAL: &str = "expired_on_arrival";
 
@@ -48,22 +78,7 @@ impl TokenManager {
         let result = self
             .refresh_leased(ctx, &provider, &platform, stored, token)
             .await;
-        if self.has_unpersisted(address) {
-            // The provider's answer is only in this process: keep the lease
-            // (the background refresher renews it while it retries the
-            // write), so no other replica spends the old refresh token.
-            return result;
-        }
-        let holder = &self.inner.holder;
-        if let Err(e) = self
-            .inner
-            .store
-            .release_refresh_lease(address, holder)
-            .await
-        {
-            // It runs out on its own; others wait until then.
-            tracing::warn!(address = %address, error = %e, "could not give a refresh lease back");
-        }
+        self.release_claim(address).await;
         result
     }
 
@@ -103,8 +118,7 @@ impl TokenManager {
         let platform = address.platform();
         let holder = &self.inner.holder;
         let ttl = self.inner.policy.lease;
-        let give_up = std::time::Instant::now() + ttl * 2 + std::time::Duration::from_secs(1);
-        let mut delay = std::time::Duration::from_millis(5);
+        let mut held = HeldLease::new(ttl);
         loop {
             let stored = self.current(address).await?;
             if stored.version != seen_version {
@@ -142,16 +156,7 @@ impl TokenManager {
                     return checked;
                 }
                 LeaseOutcome::Missing => return Err(Error::NotFound(address.to_string())),
-                LeaseOutcome::Held => {
-                    if std::time::Instant::now() >= give_up {
-                        return Err(Error::RefreshFailed {
-                            platform: platform.to_owned(),
-                            kind: "refresh_in_progress".into(),
-                        });
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_millis(100));
-                }
+                LeaseOutcome::Held => held.wait(platform).await?,
             }
         }
     }
@@ -161,8 +166,7 @@ impl TokenManager {
     /// refresh does. False when there is no such secret.
     pub(crate) async fn hold_refresh_lease(&self, address: &SecretAddress) -> Result<bool> {
         let ttl = self.inner.policy.lease;
-        let give_up = std::time::Instant::now() + ttl * 2 + std::time::Duration::from_secs(1);
-        let mut delay = std::time::Duration::from_millis(5);
+        let mut held = HeldLease::new(ttl);
         loop {
             match self
                 .inner
@@ -172,16 +176,7 @@ impl TokenManager {
             {
                 LeaseOutcome::Acquired => return Ok(true),
                 LeaseOutcome::Missing => return Ok(false),
-                LeaseOutcome::Held => {
-                    if std::time::Instant::now() >= give_up {
-                        return Err(Error::RefreshFailed {
-                            platform: address.platform().to_owned(),
-                            kind: "refresh_in_progress".into(),
-                        });
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_millis(100));
-                }
+                LeaseOutcome::Held => held.wait(address.platform()).await?,
             }
         }
     }
@@ -397,10 +392,10 @@ impl TokenManager {
         ))
     }
 
-    /// Revokes tokens that were refreshed but lost to a concurrent store,
-    /// in the background and best effort: they must not stay valid unused.
-    /// Revokes refreshed tokens that will not be stored, best effort; the
-    /// refresh token only if it is not `kept` (one that did not rotate).
+    /// Revokes refreshed tokens that will not be stored (lost to a
+    /// concurrent store, or made pointless), in the background and best
+    /// effort: they must not stay valid unused. The refresh token only if
+    /// it is not `kept` (one that did not rotate).
     fn revoke_discarded(
         &self,
         address: &SecretAddress,
@@ -659,15 +654,12 @@ impl TokenManager {
         let ctx = background_context();
         for (address, base) in waiting {
             match self.refresh_locked(&ctx, &address, base).await {
-                Ok((current, token))
-                    if current.version != base + 1 || self.has_unpersisted(&address) =>
-                {
-                    self.discard_unpersisted(&address, base, Some(&token));
-                }
+                // Stored: nothing waits any more, and this does nothing.
+                // Or a newer version won: the waiting tokens go.
+                Ok((_, current)) => self.discard_unpersisted(&address, base, Some(&current)),
                 Err(Error::NotFound(_) | Error::ReauthRequired { .. }) => {
                     self.discard_unpersisted(&address, base, None);
                 }
-                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(address = %address, error = %e, "refreshed tokens still cannot be stored");
                 }
@@ -713,8 +705,11 @@ impl TokenManager {
             .await?)
     }
 
-    /// Gives back a claimed lease that no refresh used (the token was no
-    /// longer due); a no-op when the refresh already gave it back.
+    /// Gives back this process's refresh lease of `address` (after a
+    /// refresh, or a claim no refresh used); a no-op when it was already
+    /// given back. Kept while refreshed tokens wait in memory for the
+    /// store (the background refresher renews it while it retries the
+    /// write), so no other replica spends the old refresh token.
     pub(crate) async fn release_claim(&self, address: &SecretAddress) {
         if self.has_unpersisted(address) {
             return;
@@ -725,7 +720,8 @@ impl TokenManager {
             .release_refresh_lease(address, &self.inner.holder)
             .await
         {
-            tracing::debug!(address = %address, error = %e, "could not give a claim back");
+            // It runs out on its own; others wait until then.
+            tracing::warn!(address = %address, error = %e, "could not give a refresh lease back");
         }
     }
 

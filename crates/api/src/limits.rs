@@ -54,6 +54,29 @@ struct FailureTable {
     pruned_at: Option<Instant>,
 }
 
+impl FailureTable {
+    /// Once the table is full, drops expired entries, and if it is still
+    /// full of live ones (a flood of distinct keys) all but the lockouts.
+    /// That walks the whole table under the lock every login needs: at most
+    /// once a second, however many failures arrive.
+    fn prune(&mut self, now: Instant, window: Duration) {
+        let due = self
+            .pruned_at
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+        if self.entries.len() < MAX_ENTRIES || !due {
+            return;
+        }
+        self.entries.retain(|_, f| {
+            now.duration_since(f.since) < window || f.locked_until.is_some_and(|u| u > now)
+        });
+        if self.entries.len() >= MAX_ENTRIES {
+            self.entries
+                .retain(|_, f| f.locked_until.is_some_and(|u| u > now));
+        }
+        self.pruned_at = Some(now);
+    }
+}
+
 /// Entries kept before expired ones are dropped.
 const MAX_ENTRIES: usize = 100_000;
 
@@ -199,23 +222,7 @@ impl Limiter {
         let now = Instant::now();
         let window = self.limits.lockout;
         let mut table = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        // Pruning walks the whole table under the lock every login needs:
-        // at most once a second, however many failures arrive.
-        let due = table
-            .pruned_at
-            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
-        let map = &mut table.entries;
-        if map.len() >= MAX_ENTRIES && due {
-            map.retain(|_, f| {
-                now.duration_since(f.since) < window || f.locked_until.is_some_and(|u| u > now)
-            });
-            if map.len() >= MAX_ENTRIES {
-                // Still full of live entries (a flood of distinct keys): keep
-                // the lockouts, drop the rest.
-                map.retain(|_, f| f.locked_until.is_some_and(|u| u > now));
-            }
-            table.pruned_at = Some(now);
-        }
+        table.prune(now, window);
         let map = &mut table.entries;
         let mut started = false;
         for key in keys {

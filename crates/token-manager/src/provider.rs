@@ -443,29 +443,22 @@ fn classify_error_code(code: String) -> ProviderError {
     }
 }
 
+/// A lifetime in seconds: a whole number, or a non-negative one with a
+/// fraction (rounded down), as a JSON number or a string.
 fn parse_expires_in(v: Option<&serde_json::Value>) -> Result<Option<u64>, ProviderError> {
-    match v {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::Number(n)) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .map(Some)
-            .ok_or(ProviderError::InvalidResponse),
+    let seconds = |whole: Option<u64>, any: Option<f64>| {
+        whole.or_else(|| any.filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
+    };
+    let parsed = match v {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Number(n)) => seconds(n.as_u64(), n.as_f64()),
         Some(serde_json::Value::String(s)) => {
             let s = s.trim();
-            s.parse::<u64>()
-                .ok()
-                .or_else(|| {
-                    s.parse::<f64>()
-                        .ok()
-                        .filter(|f| f.is_finite() && *f >= 0.0)
-                        .map(|f| f as u64)
-                })
-                .map(Some)
-                .ok_or(ProviderError::InvalidResponse)
+            seconds(s.parse().ok(), s.parse().ok())
         }
-        Some(_) => Err(ProviderError::InvalidResponse),
-    }
+        Some(_) => None,
+    };
+    parsed.map(Some).ok_or(ProviderError::InvalidResponse)
 }
 
 fn secret_field(json: &serde_json::Value, name: &str) -> Option<Secret> {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::http::{MAX_ANSWER_BYTES, read_capped, without_url};
+use crate::http::exchange;
 use crate::provider::{DataKey, KeyProvider, WrappedKey};
 use crate::sigv4::{self, AwsCredentials};
 use crate::{Error, Result};
@@ -173,22 +173,11 @@ impl AwsKmsProvider {
         for (k, v) in signed {
             request = request.header(k, v);
         }
-        let what = |e: reqwest::Error| {
-            Error::Kms(format!(
-                "{operation} at {}: {}",
-                self.config.endpoint,
-                without_url(&e)
-            ))
-        };
-        let response = request.body(body.to_vec()).send().await.map_err(what)?;
-        let status = response.status();
-        let bytes = read_capped(response, MAX_ANSWER_BYTES).await.map_err(|e| {
-            Error::Kms(format!(
-                "{operation} at {}: {}",
-                self.config.endpoint,
-                e.describe()
-            ))
-        })?;
+        let (status, bytes) = exchange(request.body(body.to_vec()))
+            .await
+            .map_err(|reason| {
+                Error::Kms(format!("{operation} at {}: {reason}", self.config.endpoint))
+            })?;
         if !status.is_success() {
             let err: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or_default();
             let mut message = format!(

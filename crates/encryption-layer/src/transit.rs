@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::http::{MAX_ANSWER_BYTES, read_capped, without_url};
+use crate::http::exchange;
 use crate::provider::{DataKey, KeyProvider, WrappedKey};
 use crate::{Error, Result};
 
@@ -146,26 +146,14 @@ impl TransitProvider {
         what: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<Option<T>> {
-        let fail = |e: reqwest::Error| {
-            Error::Kms(format!(
-                "transit {what} at {}: {}",
-                self.config.address,
-                without_url(&e)
-            ))
-        };
-        let response = request
-            .header("X-Vault-Token", self.config.token.as_str())
-            .send()
+        let (status, bytes) = exchange(request.header("X-Vault-Token", self.config.token.as_str()))
             .await
-            .map_err(fail)?;
-        let status = response.status();
-        let bytes = read_capped(response, MAX_ANSWER_BYTES).await.map_err(|e| {
-            Error::Kms(format!(
-                "transit {what} at {}: {}",
-                self.config.address,
-                e.describe()
-            ))
-        })?;
+            .map_err(|reason| {
+                Error::Kms(format!(
+                    "transit {what} at {}: {reason}",
+                    self.config.address
+                ))
+            })?;
         if !status.is_success() {
             let errors: Errors = serde_json::from_slice(&bytes).unwrap_or_default();
             let mut message = format!(

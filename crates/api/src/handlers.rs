@@ -237,29 +237,31 @@ async fn parse_query<Q: serde::de::DeserializeOwned>(
     }
 }
 
-/// The authenticated caller of an administrative route, if it holds an
-/// `admin` grant; otherwise the refusal, recorded.
-async fn admin_caller(state: &ApiState, req: &HttpRequest) -> Result<Caller, ApiError> {
-    let action = Action::Admin;
-    let caller = authenticate(state, req, action).await?;
-    if let Err(e) = state.inner.access.authorize_admin(&caller.principal).await {
-        return Err(refuse(state, &caller.ctx, action, None, e.into()).await);
-    }
-    Ok(caller)
+/// How far an administrative route reaches.
+#[derive(Clone, Copy)]
+enum AdminReach {
+    /// The usage log: what each grant covers is filtered per record, so
+    /// `admin` anywhere will do.
+    Filtered,
+    /// The keys act on the whole vault: `admin` on every address.
+    WholeVault,
 }
 
-/// The authenticated caller of a route that acts on the whole vault (the
-/// keys), if it holds `admin` on every address; otherwise the refusal,
-/// recorded.
-async fn vault_admin_caller(state: &ApiState, req: &HttpRequest) -> Result<Caller, ApiError> {
+/// The authenticated caller of an administrative route, if it holds the
+/// `admin` grant `reach` needs; otherwise the refusal, recorded.
+async fn admin_caller(
+    state: &ApiState,
+    req: &HttpRequest,
+    reach: AdminReach,
+) -> Result<Caller, ApiError> {
     let action = Action::Admin;
     let caller = authenticate(state, req, action).await?;
-    if let Err(e) = state
-        .inner
-        .access
-        .authorize_vault_admin(&caller.principal)
-        .await
-    {
+    let access = &state.inner.access;
+    let allowed = match reach {
+        AdminReach::Filtered => access.authorize_admin(&caller.principal).await,
+        AdminReach::WholeVault => access.authorize_vault_admin(&caller.principal).await,
+    };
+    if let Err(e) = allowed {
         return Err(refuse(state, &caller.ctx, action, None, e.into()).await);
     }
     Ok(caller)
@@ -490,7 +492,7 @@ pub(crate) async fn audit(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let action = Action::Admin;
-    let caller = admin_caller(&state, &req).await?;
+    let caller = admin_caller(&state, &req, AdminReach::Filtered).await?;
     let params: AuditParams = parse_query(&state, &req, &caller, action).await?;
     let query = match audit_query(params) {
         Ok(q) => q,
@@ -707,7 +709,7 @@ pub(crate) async fn keys_status(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    vault_admin_caller(&state, &req).await?;
+    admin_caller(&state, &req, AdminReach::WholeVault).await?;
     let status = state.inner.tokens.key_status().await?;
     Ok(HttpResponse::Ok().json(KeyStatusBody::from(status)))
 }
@@ -730,7 +732,7 @@ pub(crate) async fn keys_rotate(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let action = Action::Admin;
-    let caller = vault_admin_caller(&state, &req).await?;
+    let caller = admin_caller(&state, &req, AdminReach::WholeVault).await?;
     let target = parse_query::<RotateParams>(&state, &req, &caller, action)
         .await?
         .target;

@@ -9,14 +9,19 @@
 # key out of it; see docs/keys.md). Configuration comes from VAULT__…
 # variables or a file passed with `--config`.
 
-FROM rust:1.95-slim-bookworm AS build
+# The base images are arguments so that a machine without access to their
+# registries can build from equivalents of its own (.ci/image.sh does).
+ARG RUST_IMAGE=rust:1.95-slim-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p vault-server \
     && strip target/release/vault-server \
     && mkdir -p /out/var/lib/vault
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 COPY --from=build /src/target/release/vault-server /usr/local/bin/vault-server
 COPY --from=build --chown=nonroot:nonroot /out/var/lib/vault /var/lib/vault
 WORKDIR /var/lib/vault

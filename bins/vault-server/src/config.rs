@@ -818,6 +818,19 @@ impl Config {
     /// Loads defaults, then `file` (when given), then `VAULT__SECTION__KEY`
     /// environment variables, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// [`Config::load`] with the variables taken from `env` instead of the
+    /// process environment when given (for tests).
+    ///
+    /// Variables are read as strings and converted by the field they set,
+    /// so a string field keeps `0123` or `2141029472.691202649728` exactly
+    /// (a client id), while numeric and boolean fields still parse theirs.
+    fn load_with_env(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
             builder = builder.add_source(
@@ -830,7 +843,7 @@ impl Config {
             config::Environment::with_prefix("VAULT")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .source(env.map(|vars| vars.into_iter().collect())),
         );
         let config: Self = builder.build()?.try_deserialize()?;
         config.validate()?;
@@ -875,6 +888,14 @@ impl Config {
                     .into(),
             ));
         }
+        // Each slot is a provider call in flight; beyond this the refresher's
+        // semaphore could not even be created.
+        if r.concurrency > 10_000 {
+            return Err(ConfigError::Invalid(
+                "refresh.concurrency must be at most 10000".into(),
+            ));
+        }
+        check_log_filter(&self.log.level)?;
         if r.backoff_base_secs == 0
             || r.backoff_max_secs < r.backoff_base_secs
             || r.backoff_max_secs > 86_400
@@ -1085,6 +1106,17 @@ impl Config {
                 vault_secret_store::describe_postgres_url(url)
             );
         }
+        // Receivers' URLs may carry a secret in the user part, the path (a
+        // webhook's key) or the query: only the scheme and host are shown.
+        if let Some(n) = &mut shown.notifications {
+            n.url = redact_url(&n.url);
+        }
+        if let Some(f) = &mut shown.audit.forward {
+            f.url = redact_url(&f.url);
+        }
+        if let Some(ecc) = &mut shown.access.ecc {
+            ecc.url = redact_url(&ecc.url);
+        }
         toml::to_string_pretty(&shown).map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
@@ -1094,26 +1126,62 @@ impl Config {
     }
 }
 
+/// The scheme, host and port of `url`, with anything that may be secret
+/// (user, password, path, query, fragment) replaced by a note.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!(
+                "{}://{}{port}/[path, query and credentials redacted]",
+                u.scheme(),
+                u.host_str().unwrap_or("")
+            )
+        }
+        Err(_) => "[redacted]".into(),
+    }
+}
+
+/// Checks `log.level`: comma-separated directives, each a level
+/// (`trace`, `debug`, `info`, `warn`, `error`, `off`) or `target=level`.
+/// A bare word that is not a level would be read as a target shown at every
+/// level, leaving everything else silent (`warning` would hide the vault's
+/// own warnings).
+fn check_log_filter(filter: &str) -> Result<(), ConfigError> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |s: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s.trim()));
+    let ok = !filter.trim().is_empty()
+        && filter.split(',').all(|d| match d.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(d),
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "log.level {filter:?}: each directive must be one of {} or target=level",
+            LEVELS.join(", ")
+        )))
+    }
+}
+
 /// Checks that `url` is HTTPS, or plain HTTP to a loopback host only:
-/// credentials never cross a network unencrypted.
+/// credentials never cross a network unencrypted. The URL is parsed as the
+/// HTTP client will parse it, so the host checked is the host connected to
+/// (`http://localhost:1@x.example/` goes to `x.example`).
 pub(crate) fn check_url(what: &str, url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("https://") {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| ConfigError::Invalid(format!("{what} is not a valid URL ({e})")))?;
+    if parsed.scheme() == "https" && parsed.host().is_some() {
         return Ok(());
     }
-    let loopback = url
-        .strip_prefix("http://")
-        .map(|rest| rest.split(['/', '?']).next().unwrap_or(""))
-        .map(|host_port| {
-            let host = match host_port.strip_prefix('[') {
-                Some(v6) => v6.split(']').next().unwrap_or(""),
-                None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
-            };
-            host == "localhost"
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        })
-        .unwrap_or(false);
+    let loopback = parsed.scheme() == "http"
+        && match parsed.host() {
+            Some(url::Host::Domain(name)) => name == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
     if loopback {
         Ok(())
     } else {
@@ -1192,6 +1260,73 @@ mod tests {
     }
 
     #[test]
+    fn the_effective_configuration_hides_receivers_secrets() {
+        let c = Config::from_toml(
+            "[notifications]\nurl = \"https://u:PW-SECRET@hooks.example:8443/services/PATH-SECRET?k=Q-SECRET\"\n\
+             secret_env = \"HOOK\"\n\
+             [audit.forward]\nurl = \"https://logs.example/in?token=F-SECRET\"\n\
+             [access]\nresolver = \"ecc\"\n[access.ecc]\nurl = \"https://ecc.example/v1/E-SECRET\"",
+        )
+        .unwrap();
+        let shown = c.effective_toml().unwrap();
+        for secret in [
+            "PW-SECRET",
+            "PATH-SECRET",
+            "Q-SECRET",
+            "F-SECRET",
+            "E-SECRET",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
+        }
+        assert!(shown.contains("https://hooks.example:8443/"), "{shown}");
+        assert!(shown.contains("https://logs.example/"), "{shown}");
+        assert!(shown.contains("https://ecc.example/"), "{shown}");
+    }
+
+    #[test]
+    fn log_filters_of_levels_and_targets_are_accepted() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "info,vault_api=debug",
+            "warn, actix_web=error",
+        ] {
+            check_log_filter(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn environment_values_keep_their_text_and_still_set_numbers() {
+        let env = [
+            (
+                "VAULT__PROVIDERS__SLACK__CLIENT_ID",
+                "2141029472.691202649728",
+            ),
+            ("VAULT__PROVIDERS__SLACK__CLIENT_SECRET_ENV", "S"),
+            ("VAULT__PROVIDERS__NOTION__CLIENT_ID", "0123"),
+            ("VAULT__PROVIDERS__NOTION__CLIENT_SECRET_ENV", "N"),
+            ("VAULT__REFRESH__CONCURRENCY", "7"),
+            ("VAULT__REFRESH__MARGIN_RATIO", "0.25"),
+            ("VAULT__REFRESH__BACKGROUND", "false"),
+            ("VAULT__SERVER__BIND", "127.0.0.1:9"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let c = Config::load_with_env(None, Some(env)).unwrap();
+        assert_eq!(
+            c.providers["slack"].client_id.as_deref(),
+            Some("2141029472.691202649728")
+        );
+        assert_eq!(c.providers["notion"].client_id.as_deref(), Some("0123"));
+        assert_eq!(c.refresh.concurrency, 7);
+        assert!((c.refresh.margin_ratio - 0.25).abs() < f64::EPSILON);
+        assert!(!c.refresh.background);
+        assert_eq!(c.server.bind, "127.0.0.1:9");
+    }
+
+    #[test]
     fn plain_http_only_to_loopback() {
         for ok in [
             "https://x.example/a",
@@ -1206,6 +1341,10 @@ mod tests {
             "http://x.example",
             "ftp://127.0.0.1/",
             "http://127.0.0.1.evil/",
+            "http://localhost:1@logs.example/t",
+            "http://127.0.0.1@logs.example/t",
+            "http://[::1]@logs.example/t",
+            "not a url",
         ] {
             assert!(check_url("u", bad).is_err(), "{bad}");
         }
@@ -1335,6 +1474,12 @@ mod tests {
             "[refresh]\nmax_jitter_ms = 18446744073709551615",
             "[access]\nresolver = \"ecc\"",
             "[access.ecc]\nurl = \"http://ecc.internal/v1\"",
+            "[refresh]\nconcurrency = 9223372036854775807",
+            "[refresh]\nconcurrency = 10001",
+            "[log]\nlevel = \"warning\"",
+            "[log]\nlevel = \"info,vault\"",
+            "[log]\nlevel = \"=debug\"",
+            "[log]\nlevel = \"\"",
         ] {
             assert!(
                 Config::from_toml(bad).is_err(),

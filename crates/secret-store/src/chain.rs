@@ -147,6 +147,29 @@ pub(crate) fn chain_position(
 }
 
 /// The key version new MACs are made with, as stored.
+/// Checks a stored sink cursor against its signature. A cursor moved by
+/// hand would make forwarding skip records and retention prune undelivered
+/// ones; without a chain key there is nothing to check.
+pub(crate) fn check_cursor(
+    mac: Option<&dyn AuditMac>,
+    name: &str,
+    seq: i64,
+    signature: Option<&[u8]>,
+    version: Option<i64>,
+) -> Result<()> {
+    let Some(mac) = mac else {
+        return Ok(());
+    };
+    let want = anchor_signature(mac, version, &format!("cursor:{name}"), seq, &[]);
+    if signature.is_some_and(|s| signed(want, s)) {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(format!(
+            "the usage-log cursor {name} was not set by the vault"
+        )))
+    }
+}
+
 pub(crate) fn mac_version(mac: &dyn AuditMac) -> Option<i64> {
     Some(i64::from(mac.version()))
 }

@@ -31,7 +31,7 @@ use vault_types::SecretAddress;
 
 use crate::chain::{
     Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, chain_position,
-    checkpoint_signature, from_ms, mac_version, ms, signed, verify_rows,
+    check_cursor, checkpoint_signature, from_ms, mac_version, ms, verify_rows,
 };
 use crate::group::{self, Batch, Pending, PutJob, Reply};
 use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
@@ -1175,16 +1175,13 @@ impl SecretStore for PostgresStore {
         let seq: i64 = row.try_get(0)?;
         let signature: Option<Vec<u8>> = row.try_get(1)?;
         let version: Option<i64> = row.try_get(2)?;
-        if let Some(m) = self.inner.audit_mac() {
-            // A cursor moved by hand would make forwarding skip records and
-            // retention prune undelivered ones.
-            let want = anchor_signature(m.as_ref(), version, &format!("cursor:{name}"), seq, &[]);
-            if !signature.is_some_and(|s| signed(want, &s)) {
-                return Err(Error::Corrupt(format!(
-                    "the usage-log cursor {name} was not set by the vault"
-                )));
-            }
-        }
+        check_cursor(
+            self.inner.audit_mac().as_deref(),
+            name,
+            seq,
+            signature.as_deref(),
+            version,
+        )?;
         Ok(seq)
     }
 
@@ -1194,12 +1191,24 @@ impl SecretStore for PostgresStore {
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CURSOR_LOCK])
             .await?;
-        let current: Option<i64> = tx
-            .query_opt("SELECT seq FROM audit_cursors WHERE name = $1", &[&name])
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        // Cursors only move forward.
+        let current = tx
+            .query_opt(
+                "SELECT seq, signature, mac_key FROM audit_cursors WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+        // Cursors only move forward, and never from a position the vault did
+        // not sign: signing max(forged, seq) would make a forgery genuine.
+        let current: Option<i64> = match current {
+            Some(row) => {
+                let at: i64 = row.try_get(0)?;
+                let signature: Option<Vec<u8>> = row.try_get(1)?;
+                let version: Option<i64> = row.try_get(2)?;
+                check_cursor(mac.as_deref(), name, at, signature.as_deref(), version)?;
+                Some(at)
+            }
+            None => None,
+        };
         let seq = current.map_or(seq, |c| c.max(seq));
         let version = mac.as_deref().and_then(mac_version);
         let signature = mac

@@ -14,7 +14,7 @@ use vault_types::SecretAddress;
 
 use crate::chain::{
     Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, chain_position,
-    checkpoint_signature, from_ms, mac_version, ms, signed, verify_rows,
+    check_cursor, checkpoint_signature, from_ms, mac_version, ms, verify_rows,
 };
 use crate::group::{self, Batch, Pending, PutJob, Reply};
 use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
@@ -1505,17 +1505,7 @@ impl SecretStore for SqliteStore {
             let Some((seq, signature, version)) = row else {
                 return Ok(0);
             };
-            if let Some(m) = mac {
-                // A cursor moved by hand would make forwarding skip records
-                // and retention prune undelivered ones.
-                let want =
-                    anchor_signature(m.as_ref(), version, &format!("cursor:{name}"), seq, &[]);
-                if !signature.is_some_and(|s| signed(want, &s)) {
-                    return Err(Error::Corrupt(format!(
-                        "the usage-log cursor {name} was not set by the vault"
-                    )));
-                }
-            }
+            check_cursor(mac.as_deref(), &name, seq, signature.as_deref(), version)?;
             Ok(seq)
         })
         .await
@@ -1525,13 +1515,20 @@ impl SecretStore for SqliteStore {
         let name = name.to_owned();
         self.with_writer(move |c, mac| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current: Option<i64> = tx
-                .query_row("SELECT seq FROM audit_cursors WHERE name = ?1", params![name], |r| {
-                    r.get(0)
-                })
+            let current: Option<(i64, Option<Vec<u8>>, Option<i64>)> = tx
+                .query_row(
+                    "SELECT seq, signature, mac_key FROM audit_cursors WHERE name = ?1",
+                    params![name],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
                 .optional()?;
-            // Cursors only move forward.
-            let seq = current.map_or(seq, |c| c.max(seq));
+            // Cursors only move forward, and never from a position the vault
+            // did not sign: signing max(forged, seq) would make a forgery
+            // genuine.
+            if let Some((at, signature, version)) = &current {
+                check_cursor(mac, &name, *at, signature.as_deref(), *version)?;
+            }
+            let seq = current.map_or(seq, |(c, _, _)| c.max(seq));
             let version = mac.and_then(mac_version);
             let signature = mac
                 .and_then(|m| anchor_signature(m, version, &format!("cursor:{name}"), seq, &[]))

@@ -1100,6 +1100,12 @@ async fn a_cursor_moved_by_hand_is_refused(fx: Fx) {
     assert_eq!(store.audit_cursor("forward").await.unwrap(), 2);
     fx.exec("UPDATE audit_cursors SET seq = 6 WHERE name = 'forward'");
     assert!(store.audit_cursor("forward").await.is_err());
+    // The forwarder moving on from 2 must not sign the forged 6 as its own.
+    assert!(matches!(
+        store.set_audit_cursor("forward", 3).await,
+        Err(Error::Corrupt(_))
+    ));
+    assert!(store.audit_cursor("forward").await.is_err());
 }
 
 async fn contract_rewrap(store: &dyn SecretStore) {

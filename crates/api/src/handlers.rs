@@ -509,12 +509,19 @@ pub(crate) async fn audit(
         let visible = match (&r.environment, &r.project, &r.platform) {
             (Some(env), Some(project), Some(platform)) => {
                 match SecretAddress::new(env, project, platform) {
-                    Ok(address) => state
+                    // A resolver that cannot answer fails the page (503):
+                    // hiding the record would hand out a short page whose
+                    // cursor skips past it.
+                    Ok(address) => match state
                         .inner
                         .access
                         .authorize(&caller.principal, &AccessRequest::new(action, &address))
                         .await
-                        .is_ok(),
+                    {
+                        Ok(()) => true,
+                        Err(vault_access_resolver::Error::Forbidden { .. }) => false,
+                        Err(e) => return Err(e.into()),
+                    },
                     Err(_) => false,
                 }
             }

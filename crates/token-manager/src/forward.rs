@@ -132,8 +132,14 @@ async fn deliver(
                     .create(true)
                     .append(true)
                     .open(&path)?;
-                f.write_all(lines.as_bytes())?;
-                f.sync_data()
+                // A batch that fails halfway (disk full) is cut off again, so
+                // the retry does not glue its first line to a fragment.
+                let start = f.metadata()?.len();
+                let written = f.write_all(lines.as_bytes()).and_then(|()| f.sync_data());
+                if written.is_err() {
+                    let _ = f.set_len(start).and_then(|()| f.sync_data());
+                }
+                written
             })
             .await
             .map_err(|e| e.to_string())?

@@ -271,7 +271,11 @@ impl VaultClient {
         })
     }
 
-    /// Retries of 503 and 429 answers (default 3).
+    /// Retries of 503 and 429 answers (default 3). Reads are retried on
+    /// both; stores and deletes only on 429 and on 503s that come before
+    /// anything is written (`access_resolver_unavailable`,
+    /// `key_unavailable`), so a write is never repeated after it may have
+    /// been committed.
     pub fn with_retries(mut self, retries: u32) -> Self {
         self.retries = retries;
         self
@@ -322,7 +326,19 @@ impl VaultClient {
                 Ok(b) => (b.error.code, b.error.message),
                 Err(_) => (format!("http_{status}"), String::new()),
             };
-            if (status == 503 || status == 429) && attempt < self.retries {
+            // A read may always be asked again. A write only when the answer
+            // says nothing was done: a 429 comes before the request is
+            // looked at, and an unavailable access resolver or key comes
+            // before anything is written. Any other 503 (storage, usage log)
+            // may follow a commit, and repeating the write could put back a
+            // token that a refresh or another store has replaced since.
+            let nothing_done = status == 429
+                || matches!(
+                    code.as_str(),
+                    "access_resolver_unavailable" | "key_unavailable"
+                );
+            let repeatable = method == reqwest::Method::GET || nothing_done;
+            if (status == 503 || status == 429) && repeatable && attempt < self.retries {
                 attempt += 1;
                 let backoff = Duration::from_millis(100 * 2u64.pow(attempt.min(10)));
                 let wait = retry_after.unwrap_or(backoff).min(Duration::from_secs(10));

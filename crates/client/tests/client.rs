@@ -92,6 +92,11 @@ async fn store_fetch_status_delete() {
 
 /// A stand-in vault that answers 503 `times` times, then a token.
 fn flaky(times: usize) -> (String, Arc<AtomicUsize>) {
+    flaky_with(times, 503, "storage_unavailable")
+}
+
+/// A server answering `status` with error `code` `times` times, then 200.
+fn flaky_with(times: usize, status: u16, code: &'static str) -> (String, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&calls);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -103,9 +108,11 @@ fn flaky(times: usize) -> (String, Arc<AtomicUsize>) {
                     let n = seen.fetch_add(1, Ordering::SeqCst);
                     async move {
                         if n < times {
-                            HttpResponse::ServiceUnavailable()
-                                .insert_header(("Retry-After", "0"))
-                                .json(serde_json::json!({"error": {"code": "storage_unavailable", "message": "retry"}}))
+                            HttpResponse::build(
+                                actix_web::http::StatusCode::from_u16(status).unwrap(),
+                            )
+                            .insert_header(("Retry-After", "0"))
+                            .json(serde_json::json!({"error": {"code": code, "message": "retry"}}))
                         } else {
                             HttpResponse::Ok().json(serde_json::json!({
                                 "access_token": "t", "token_type": "Bearer", "valid_until": null,
@@ -144,4 +151,45 @@ async fn unavailable_answers_are_retried_then_reported() {
         .unwrap_err();
     assert!(matches!(err, Error::Unavailable { ref code, .. } if code == "storage_unavailable"));
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[actix_web::test]
+async fn writes_are_repeated_only_when_nothing_was_written() {
+    let request = StoreRequest {
+        project_id: "p".into(),
+        platform: "slack".into(),
+        environment: None,
+        token_data: TokenData {
+            access_token: "xoxb-1".into(),
+            refresh_token: None,
+            expires_in: None,
+            scopes: vec![],
+        },
+        metadata: None,
+    };
+    // Storage answered 503: the store may have been committed, so it is
+    // reported, not sent again.
+    let (base, calls) = flaky(1);
+    let vault = VaultClient::new(&base, "e", "t").unwrap();
+    let err = vault.store(&request).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { ref code, .. } if code == "storage_unavailable"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let (base, calls) = flaky(1);
+    let vault = VaultClient::new(&base, "e", "t").unwrap();
+    assert!(vault.delete("p", "slack", None).await.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Refusals that come before anything is written are sent again.
+    for (status, code) in [
+        (429, "rate_limited"),
+        (503, "access_resolver_unavailable"),
+        (503, "key_unavailable"),
+    ] {
+        let (base, calls) = flaky_with(1, status, code);
+        let vault = VaultClient::new(&base, "e", "t").unwrap();
+        // The stand-in's success body is a token, not a store answer:
+        // only the number of attempts matters here.
+        let _ = vault.store(&request).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{status} {code}");
+    }
 }

@@ -363,10 +363,22 @@ fn local_keys(
                     ensure_private_dir(dir)?;
                 }
             }
+            // Every process using the file reloads it within one check
+            // interval; a retirement waits out two of them and a margin
+            // for writes in flight, so nothing is still sealing under the
+            // key it removes.
+            let grace = Duration::from_secs(
+                config
+                    .keys
+                    .check_interval_secs
+                    .saturating_mul(2)
+                    .saturating_add(10),
+            );
             LocalKeyProvider::from_file(
                 &path,
                 allow_create && config.keys.create_if_missing && in_use.is_empty(),
             )?
+            .with_retire_grace(grace)
         }
         _ => LocalKeyProvider::from_env(&config.keys.env_var)?,
     };

@@ -844,6 +844,55 @@ const KEY_ENV: &[(&str, &str)] = &[
 ];
 
 #[test]
+fn a_key_is_not_retired_while_a_server_may_still_seal_under_it() {
+    // The server looks at the key file every 30 s: after a rotation from the
+    // command line it keeps sealing under the old key for up to that long.
+    let env = &[("VAULT__KEYS__CHECK_INTERVAL_SECS", "30")];
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), env).unwrap();
+    let token = dev_token(dir.path());
+    assert_eq!(
+        store(&s, &token, &slack("xoxb-before", "rt-b"))
+            .status()
+            .as_u16(),
+        201
+    );
+    let (_, status, _) = cli(dir.path(), env, &["keys", "status"]);
+    let old = status
+        .lines()
+        .find_map(|l| l.strip_prefix("active master key: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    // The tool rotates and rewraps everything stored so far: nothing in the
+    // database is sealed under the old key any more.
+    let (code, _, err) = cli(dir.path(), env, &["keys", "rotate"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(count_under(dir.path(), &old), 0);
+
+    // Retiring it now would lose what the server still seals under it.
+    let (code, _, err) = cli(dir.path(), env, &["keys", "retire", &old]);
+    assert_ne!(code, 0, "retired while the server may still use it");
+    assert!(err.contains("key file changed"), "{err}");
+    let mut body = slack("xoxb-after", "rt-a");
+    body["platform"] = json!("after");
+    assert_eq!(store(&s, &token, &body).status().as_u16(), 201);
+    assert_eq!(count_under(dir.path(), &old), 1, "sealed under the old key");
+
+    // Both tokens survive a restart.
+    drop(s);
+    let s = start(dir.path(), env).unwrap();
+    for (path, want) in [
+        ("/vault/token/pf_203/slack", "xoxb-before"),
+        ("/vault/token/pf_203/after", "xoxb-after"),
+    ] {
+        let res = get(&s, &token, path);
+        assert_eq!(res.status().as_u16(), 200, "{path}");
+        assert_eq!(res.json::<Value>().unwrap()["access_token"], want);
+    }
+}
+
+#[test]
 fn master_key_rotation_rewraps_online_survives_kill_9_and_retires_the_old_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(dir.path(), KEY_ENV).unwrap();
@@ -919,9 +968,14 @@ fn master_key_rotation_rewraps_online_survives_kill_9_and_retires_the_old_key() 
     assert_eq!(status["pending_rewrap"], 0);
     assert_eq!(status["retirable_key_ids"], json!([old.clone()]));
 
-    // Now the old key can go; the server keeps serving without it.
-    let (code, _, err) = cli(dir.path(), &[], &["keys", "retire", &old]);
-    assert_eq!(code, 0, "{err}");
+    // Now the old key can go, once the key file has been unchanged for two
+    // check intervals and a margin (12 s here); the server keeps serving
+    // without it.
+    wait_until("the old key to be retirable", || {
+        let (code, _, err) = cli(dir.path(), &[], &["keys", "retire", &old]);
+        assert!(code == 0 || err.contains("key file changed"), "{err}");
+        code == 0
+    });
     let key_file = std::fs::read_to_string(dir.path().join("vault-data/master.key")).unwrap();
     assert_eq!(key_file.lines().filter(|l| !l.starts_with('#')).count(), 1);
     drop(s);

@@ -114,6 +114,7 @@ pub struct LocalKeyProvider {
     ring: RwLock<Ring>,
     source: Source,
     rng: SystemRandom,
+    retire_grace: std::time::Duration,
 }
 
 impl fmt::Debug for LocalKeyProvider {
@@ -232,7 +233,48 @@ impl LocalKeyProvider {
             ring: RwLock::new(Ring { keys }),
             source,
             rng: SystemRandom::new(),
+            retire_grace: std::time::Duration::ZERO,
         }
+    }
+
+    /// Refuses [`KeyProvider::retire`] until the key file has been left
+    /// unchanged for `grace` (default: no wait).
+    ///
+    /// Other processes sharing the file (servers, the command-line tool)
+    /// see a rotation only at their next [`KeyProvider::reload`]; until
+    /// then they still seal new values under the key the rotation
+    /// replaced. A retirement in that window would pass the "nothing is
+    /// sealed under it" check and then lose what they seal. Set `grace`
+    /// above the longest reload interval of any process using the file,
+    /// plus the time a write takes to commit.
+    pub fn with_retire_grace(mut self, grace: std::time::Duration) -> Self {
+        self.retire_grace = grace;
+        self
+    }
+
+    /// Refuses while the key file changed less than the grace ago (a clock
+    /// gone backwards, or a modification time in the future, counts as
+    /// just now).
+    fn check_settled(&self, path: &Path, key_id: &str) -> Result<()> {
+        if self.retire_grace.is_zero() {
+            return Ok(());
+        }
+        let changed = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(io_error(path))?;
+        let age = std::time::SystemTime::now()
+            .duration_since(changed)
+            .unwrap_or_default();
+        if age < self.retire_grace {
+            return Err(Error::Unsupported(format!(
+                "the key file changed {} s ago; processes that have not reloaded it may still \
+                 seal new values under {key_id}: retire it once the file has been unchanged for \
+                 {} s (then anything they sealed shows up as still in use)",
+                age.as_secs(),
+                self.retire_grace.as_secs()
+            )));
+        }
+        Ok(())
     }
 
     fn ring(&self) -> std::sync::RwLockReadGuard<'_, Ring> {
@@ -499,6 +541,7 @@ impl KeyProvider for LocalKeyProvider {
         match self.file_path("retire a key") {
             Ok(path) => {
                 let _lock = FileLock::acquire(path)?;
+                self.check_settled(path, key_id)?;
                 let contents =
                     Zeroizing::new(std::fs::read_to_string(path).map_err(io_error(path))?);
                 let updated = remove_key(&contents, key_id)?;

@@ -151,6 +151,39 @@ async fn retiring_removes_an_old_version_but_never_the_active_one() {
 }
 
 #[tokio::test]
+async fn a_key_is_retired_only_once_the_file_has_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let grace = std::time::Duration::from_secs(60);
+    // A server that reloads the file now and then, and the tool that rotates.
+    let server = LocalKeyProvider::from_file(&path, true).unwrap();
+    let first = server.active_key_id();
+    let tool = LocalKeyProvider::from_file(&path, false)
+        .unwrap()
+        .with_retire_grace(grace);
+    let second = tool.rotate().await.unwrap();
+
+    // Right after the rotation the server has not reloaded: it still seals
+    // under the first key, so that key must stay.
+    let err = tool.retire(&first).await.unwrap_err();
+    assert!(err.to_string().contains("changed 0 s ago"), "{err}");
+    assert_eq!(tool.key_ids(), vec![first.clone(), second.clone()]);
+    let sealed = server.wrap(&DataKey::from_bytes([5u8; 32])).await.unwrap();
+    assert_eq!(sealed.key_id, first);
+
+    // Once the file is older than the grace, the retirement goes through.
+    let past = std::time::SystemTime::now() - grace - std::time::Duration::from_secs(1);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+    tool.retire(&first).await.unwrap();
+    assert_eq!(tool.key_ids(), vec![second]);
+}
+
+#[tokio::test]
 async fn retiring_one_of_several_keys_on_a_line_keeps_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("master.key");

@@ -193,6 +193,8 @@ pub async fn tool_token_manager(config: &Config) -> Result<TokenManager, Startup
 pub struct Application {
     server: Server,
     local_addr: SocketAddr,
+    tokens: vault_token_manager::TokenManager,
+    stop_wait: Duration,
 }
 
 impl std::fmt::Debug for Application {
@@ -791,6 +793,7 @@ impl Application {
             engine_rate_per_sec: a.engine_rate_per_sec,
             engine_burst: a.engine_burst,
         };
+        let stopping = tokens.clone();
         let state = ApiState::with_limits(
             tokens,
             access,
@@ -815,7 +818,13 @@ impl Application {
         let server = vault_api::server(state, listener, config.server.workers, tls)
             .map_err(io("starting the HTTP server"))?;
         tracing::info!(address = %local_addr, scheme, "vault listening");
-        Ok(Self { server, local_addr })
+        Ok(Self {
+            server,
+            local_addr,
+            tokens: stopping,
+            // A refresh under way ends within one provider timeout.
+            stop_wait: Duration::from_secs(config.refresh.http_timeout_secs),
+        })
     }
 
     /// The address the server listens on.
@@ -829,7 +838,14 @@ impl Application {
     }
 
     /// Serves until SIGINT/SIGTERM (graceful) or [`ServerHandle::stop`].
+    ///
+    /// A graceful stop finishes the requests under way, then waits (at most
+    /// `refresh.http_timeout_secs`) for background refreshes whose provider
+    /// call has started, so the tokens a provider has just rotated are
+    /// written before the process ends.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        self.tokens.shutdown(self.stop_wait).await;
+        served
     }
 }

@@ -500,6 +500,33 @@ fn tokens_due_while_the_vault_was_down_are_refreshed_after_start() {
 }
 
 #[test]
+fn a_graceful_stop_writes_a_refresh_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = vault_test_support::FakeProvider::start();
+    fake.set_expires_in(Some(3600));
+    // The provider rotates the refresh token when it takes the call, and
+    // answers 1.5 s later.
+    fake.set_delay(Duration::from_millis(1500));
+    let config = lifecycle_config(dir.path(), &fake);
+    let envs = [("VAULT_CONFIG", config.to_str().unwrap())];
+    let mut s = start(dir.path(), &envs).unwrap();
+    let token = dev_token(dir.path());
+    assert_eq!(store(&s, &token, &acme(2)).status().as_u16(), 201);
+    // Due at once: the background refresher calls the provider.
+    wait_until("the refresh to start", || fake.refresh_calls() == 1);
+    s.signal("-TERM");
+    assert!(s.wait().success(), "graceful exit: {}", s.logs());
+
+    // The answer was written before the process ended: after a restart the
+    // refreshed token is served, and the provider is not called again.
+    fake.set_delay(Duration::ZERO);
+    let s = start(dir.path(), &envs).unwrap();
+    let body: Value = get(&s, &token, "/vault/token/pf_1/acme").json().unwrap();
+    assert_eq!(body["access_token"], "at-refreshed-1");
+    assert_eq!(fake.refresh_calls(), 1);
+}
+
+#[test]
 fn a_dead_grant_is_announced_by_a_signed_webhook() {
     let dir = tempfile::tempdir().unwrap();
     let fake = vault_test_support::FakeProvider::start();

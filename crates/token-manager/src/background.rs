@@ -85,7 +85,8 @@ impl TokenManager {
         }
     }
 
-    /// Runs the background refresher until the task is dropped or aborted.
+    /// Runs the background refresher until [`TokenManager::shutdown`] (or
+    /// until the task is dropped or aborted).
     ///
     /// Every `interval` it claims tokens whose refresh is due from the
     /// store (an index lookup: the cost follows the number due; each claim
@@ -102,7 +103,7 @@ impl TokenManager {
             .batch
             .min(u32::try_from(config.concurrency.saturating_mul(4)).unwrap_or(u32::MAX))
             .max(1);
-        loop {
+        while !self.is_stopping() {
             // Tokens already refreshed but refused by the store come first:
             // their leases are renewed while they wait.
             self.retry_unpersisted().await;
@@ -132,7 +133,9 @@ impl TokenManager {
                                     .remove(&address);
                             }));
                             tokio::time::sleep(delay).await;
-                            if let Ok(_permit) = permits.acquire().await {
+                            if let Ok(_permit) = permits.acquire().await
+                                && !this.is_stopping()
+                            {
                                 this.refresh_if_due(&address).await;
                             }
                             this.release_claim(&address).await;
@@ -148,12 +151,16 @@ impl TokenManager {
                 // what runs at once.
                 while in_flight.lock().unwrap_or_else(|e| e.into_inner()).len()
                     >= config.concurrency.max(1)
+                    && !self.is_stopping()
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 continue;
             }
-            tokio::time::sleep(config.interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(config.interval) => {}
+                () = self.inner.stop.notified() => {}
+            }
         }
     }
 

@@ -85,6 +85,12 @@ pub(crate) struct Inner {
     /// Who this process is when it holds refresh leases: unique per
     /// process start, so a restarted replica does not inherit a lease.
     pub(crate) holder: String,
+    /// Set by [`TokenManager::shutdown`]: no new background refresh starts.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
+    /// Wakes background loops when stopping.
+    pub(crate) stop: tokio::sync::Notify,
+    /// Refreshes between their provider call and the end of their write.
+    pub(crate) refreshing: std::sync::atomic::AtomicUsize,
 }
 
 /// The token manager's own metrics.
@@ -191,6 +197,9 @@ impl TokenManagerBuilder {
                     std::process::id(),
                     vault_encryption_layer::random_u64().unwrap_or(0)
                 ),
+                stopping: std::sync::atomic::AtomicBool::new(false),
+                stop: tokio::sync::Notify::new(),
+                refreshing: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }

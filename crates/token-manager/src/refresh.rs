@@ -209,6 +209,9 @@ impl TokenManager {
         let Some(refresh_token) = token.refresh_token.clone() else {
             return Err(Error::NotRefreshable { platform });
         };
+        // Counted until written: a graceful stop waits for it, because the
+        // provider may rotate the refresh token the moment it answers.
+        let _busy = self.refreshing();
         let started = std::time::Instant::now();
         let result = provider.refresh(&refresh_token, &token.scopes).await;
         let metrics = &self.inner.metrics;
@@ -546,8 +549,12 @@ impl TokenManager {
     }
 
     /// Starts a refresh in the background (the token is still valid but in
-    /// its refresh margin); at most one spawned per address at a time.
+    /// its refresh margin); at most one spawned per address at a time, none
+    /// once the manager is stopping.
     pub(crate) fn spawn_background_refresh(&self, address: &SecretAddress, seen_version: u64) {
+        if self.is_stopping() {
+            return;
+        }
         let fresh = self
             .inner
             .spawned
@@ -794,6 +801,64 @@ enum Leased {
 }
 
 /// Runs a closure when dropped (also while unwinding from a panic).
+impl TokenManager {
+    /// Counts a refresh in progress until the guard is dropped.
+    fn refreshing(&self) -> OnDrop<impl FnOnce() + '_> {
+        use std::sync::atomic::Ordering;
+        self.inner.refreshing.fetch_add(1, Ordering::SeqCst);
+        OnDrop(Some(move || {
+            self.inner.refreshing.fetch_sub(1, Ordering::SeqCst);
+        }))
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.inner
+            .stopping
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops gracefully: no new background refresh starts, refreshes whose
+    /// provider call is under way are waited for (at most `wait`) so their
+    /// tokens are written, and tokens refreshed earlier that the store
+    /// refused get one more try. Returns how many refreshed tokens are
+    /// still not stored (logged as an error: with providers that rotate
+    /// refresh tokens, those connections may need re-authorization).
+    ///
+    /// Call it when the server has stopped taking requests and before the
+    /// runtime ends; background tasks end at their next round.
+    pub async fn shutdown(&self, wait: std::time::Duration) -> usize {
+        use std::sync::atomic::Ordering;
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.stop.notify_waiters();
+        let until = std::time::Instant::now() + wait;
+        while self.inner.refreshing.load(Ordering::SeqCst) > 0 {
+            if std::time::Instant::now() >= until {
+                tracing::warn!(
+                    in_flight = self.inner.refreshing.load(Ordering::SeqCst),
+                    "stopping with refreshes still waiting for their provider"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.retry_unpersisted().await;
+        let left = self
+            .inner
+            .unpersisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        if left > 0 {
+            tracing::error!(
+                count = left,
+                "refreshed tokens could not be stored before stopping; their connections may \
+                 need re-authorization"
+            );
+        }
+        left
+    }
+}
+
 pub(crate) struct OnDrop<F: FnOnce()>(pub(crate) Option<F>);
 
 impl<F: FnOnce()> Drop for OnDrop<F> {

@@ -7,6 +7,14 @@
 //! and validated before anything is written: one bad line and nothing is
 //! imported, unless `--continue-on-error` imports the good ones. Errors name
 //! the line and what is wrong, never a value from it.
+//!
+//! Without `--continue-on-error` the import is one transaction: every token
+//! is sealed first, then all are written together, so a failure at any
+//! point (a key service refusing, the disk filling up) leaves nothing
+//! imported. It then only adds: two lines for one address, or a line for
+//! an address that already holds a secret, refuse the whole import.
+//! `--continue-on-error` stores line by line, each replacing what the
+//! address held, and reports the lines that failed.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -67,10 +75,28 @@ pub fn run(config_path: Option<&Path>, file: &Path, options: ImportOptions) -> E
             eprintln!("nothing imported (use --continue-on-error to import the valid lines)");
             return Ok(ExitCode::from(1));
         }
+        if !options.continue_on_error {
+            let mut first_line = std::collections::HashMap::new();
+            let mut repeated = 0usize;
+            for (n, request) in &good {
+                if let Some(first) = first_line.insert(&request.address, *n) {
+                    repeated += 1;
+                    eprintln!("line {n}: the same address as line {first}");
+                    first_line.insert(&request.address, first);
+                }
+            }
+            if repeated > 0 {
+                eprintln!("nothing imported (use --continue-on-error to store line by line)");
+                return Ok(ExitCode::from(1));
+            }
+        }
         let tokens = crate::startup::tool_token_manager(&config)
             .await
             .map_err(|e| e.to_string())?;
         let total = good.len();
+        if !options.continue_on_error {
+            return import_at_once(&tokens, good).await;
+        }
         let mut failed = 0usize;
         let mut progress = crate::progress::Progress::new("import", Some(total as u64));
         for (done, (n, request)) in good.into_iter().enumerate() {
@@ -89,4 +115,37 @@ pub fn run(config_path: Option<&Path>, file: &Path, options: ImportOptions) -> E
             ExitCode::from(1)
         })
     })
+}
+
+/// All lines in one transaction: imported whole or not at all.
+async fn import_at_once(
+    tokens: &vault_token_manager::TokenManager,
+    good: Vec<(usize, StoreRequest)>,
+) -> Result<ExitCode, String> {
+    let total = good.len();
+    let ctx = RequestContext::new("import".to_owned(), Some("import".into()));
+    let mut progress = crate::progress::Progress::new("import", Some(total as u64));
+    let result = tokens
+        .store_new_batch_with_progress(&ctx, good.into_iter().map(|(_, r)| r).collect(), |sealed| {
+            progress.update(sealed, total as u64)
+        })
+        .await;
+    progress.finish();
+    match result {
+        Ok(n) => {
+            eprintln!("imported {n}/{total}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            if e.kind() == vault_types::ErrorKind::Conflict {
+                eprintln!(
+                    "an address in the file already holds a secret: delete it first, or use \
+                     --continue-on-error to replace secrets line by line"
+                );
+            }
+            eprintln!("nothing imported");
+            Ok(ExitCode::from(1))
+        }
+    }
 }

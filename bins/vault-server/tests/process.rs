@@ -809,6 +809,79 @@ fn import_is_all_or_nothing_unless_told_otherwise() {
     assert_eq!(body["access_token"], "sk_IMPORT_2");
 }
 
+fn import_lines(dir: &Path, name: &str, lines: &[(&str, &str)]) -> String {
+    let file = dir.join(name);
+    let text: Vec<String> = lines
+        .iter()
+        .map(|(project, platform)| {
+            json!({"project_id": project, "platform": platform,
+                   "token_data": {"access_token": format!("IMPORTED-{project}-{platform}")}})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&file, text.join("\n")).unwrap();
+    file.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn an_import_that_fails_while_writing_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = import_lines(dir.path(), "first.jsonl", &[("pf_0", "x")]);
+    let (code, err) = import(dir.path(), &[&first]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(secret_count(dir.path()), 1);
+
+    // The database refuses the third line's row, as a full disk or a key
+    // service refusing halfway would.
+    rusqlite::Connection::open(dir.path().join("vault-data/vault.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse_p3 BEFORE INSERT ON secrets WHEN NEW.platform = 'p3'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    let four = import_lines(
+        dir.path(),
+        "four.jsonl",
+        &[
+            ("pf_1", "p1"),
+            ("pf_1", "p2"),
+            ("pf_1", "p3"),
+            ("pf_1", "p4"),
+        ],
+    );
+    let (code, err) = import(dir.path(), &[&four]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nothing imported"), "{err}");
+    assert_eq!(secret_count(dir.path()), 1, "nothing half-imported: {err}");
+    assert!(!err.contains("IMPORTED"), "no value echoed: {err}");
+
+    // Line by line, the others go in and the failing one is named.
+    let (code, err) = import(dir.path(), &[&four, "--continue-on-error"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("line 3:") && err.contains("imported 3/4"),
+        "{err}"
+    );
+    assert_eq!(secret_count(dir.path()), 4);
+
+    // At once, an import only adds: an address already stored, or one
+    // given twice, refuses the whole file.
+    let again = import_lines(dir.path(), "again.jsonl", &[("pf_2", "new"), ("pf_0", "x")]);
+    let (code, err) = import(dir.path(), &[&again]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already holds a secret"), "{err}");
+    let twice = import_lines(
+        dir.path(),
+        "twice.jsonl",
+        &[("pf_3", "a"), ("pf_3", "b"), ("pf_3", "a")],
+    );
+    let (code, err) = import(dir.path(), &[&twice]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("line 3: the same address as line 1"), "{err}");
+    assert_eq!(secret_count(dir.path()), 4);
+}
+
 #[test]
 fn the_shell_walkthrough_runs_against_the_embedded_default() {
     let dir = tempfile::tempdir().unwrap();

@@ -494,6 +494,19 @@ impl TokenManager {
         ctx: &RequestContext,
         requests: Vec<StoreRequest>,
     ) -> Result<u64> {
+        self.store_new_batch_with_progress(ctx, requests, |_| {})
+            .await
+    }
+
+    /// [`TokenManager::store_new_batch`], calling `sealed(n)` after the
+    /// `n`th token is sealed (sealing is the slow part with a key service),
+    /// for progress reports.
+    pub async fn store_new_batch_with_progress(
+        &self,
+        ctx: &RequestContext,
+        requests: Vec<StoreRequest>,
+        mut sealed: impl FnMut(u64) + Send,
+    ) -> Result<u64> {
         let now = self.now();
         let mut writes = Vec::with_capacity(requests.len());
         for request in &requests {
@@ -502,6 +515,7 @@ impl TokenManager {
                 self.sealed_write(request, &scopes, &token_type, 1, now)
                     .await?,
             );
+            sealed(writes.len() as u64);
         }
         let n = writes.len() as u64;
         let record = audit_record(

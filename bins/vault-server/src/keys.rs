@@ -163,8 +163,9 @@ pub fn restore(config_path: Option<&Path>, file: &Path) -> ExitCode {
             return Err(POSTGRES_BACKUP.to_owned());
         }
         let dest = config.database_path();
-        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if let Some(dir) = dest.parent() {
+            // As the server makes it: 0700, not the umask's 0755.
+            crate::startup::ensure_private_dir(dir).map_err(|e| e.to_string())?;
         }
         let (backup, target) = (file.clone(), dest.clone());
         tokio::task::spawn_blocking(move || vault_secret_store::restore_database(&backup, &target))
@@ -176,24 +177,31 @@ pub fn restore(config_path: Option<&Path>, file: &Path) -> ExitCode {
         match crate::startup::open_vault(&config, false).await {
             Ok(opened) => {
                 let v = opened.verify_audit().await?;
+                let intact = v.problem.is_none();
                 eprintln!(
                     "restored {} to {}; usage log: {} record(s), {}",
                     file.display(),
                     dest.display(),
                     v.records,
-                    if v.problem.is_none() {
+                    if intact {
                         "chain intact"
                     } else {
                         "chain BROKEN (run `audit verify`)"
                     }
                 );
-                Ok(ExitCode::SUCCESS)
+                // Restored, but a broken chain means the copy was changed:
+                // a script must not carry on as if all were well.
+                Ok(if intact {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
             }
             Err(e) => {
                 for f in [
                     dest.clone(),
-                    dest.with_extension("db-wal"),
-                    dest.with_extension("db-shm"),
+                    vault_secret_store::sidecar_file(&dest, "-wal"),
+                    vault_secret_store::sidecar_file(&dest, "-shm"),
                 ] {
                     let _ = std::fs::remove_file(f);
                 }

@@ -102,7 +102,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartupError {
     move |source| StartupError::Io { what, source }
 }
 
-fn ensure_private_dir(dir: &Path) -> Result<(), StartupError> {
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), StartupError> {
     if dir.as_os_str().is_empty() || dir.exists() {
         return Ok(());
     }

@@ -1265,6 +1265,79 @@ fn backup_while_writing_then_restore_and_a_wrong_key_is_refused() {
 }
 
 #[test]
+fn backup_and_restore_refuse_links_make_private_directories_and_report_a_broken_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &[]).unwrap();
+    let token = dev_token(dir.path());
+    assert_eq!(
+        store(&s, &token, &slack("xoxb-r", "rt-r"))
+            .status()
+            .as_u16(),
+        201
+    );
+    drop(s);
+
+    // A dangling link where the backup should go: refused, and nothing is
+    // written where it points.
+    let target = dir.path().join("elsewhere.db");
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (code, _, err) = cli(dir.path(), &[], &["backup", link.to_str().unwrap()]);
+    assert_ne!(code, 0, "{err}");
+    assert!(!target.exists(), "the backup followed the link");
+    let backup = dir.path().join("copy.db");
+    let (code, _, err) = cli(dir.path(), &[], &["backup", backup.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+
+    // A custom database file in a directory that does not exist yet: made
+    // 0700, and the WAL guard looks at that file's own WAL.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join("vault-data")).unwrap();
+    std::fs::copy(
+        dir.path().join("vault-data/master.key"),
+        other.path().join("vault-data/master.key"),
+    )
+    .unwrap();
+    let db = other.path().join("db/sub/vault.sqlite");
+    let env = [("VAULT__STORAGE__PATH", db.to_str().unwrap())];
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::write(other.path().join("db/sub/vault.sqlite-wal"), b"").unwrap();
+    let (code, _, err) = cli(other.path(), &env, &["restore", backup.to_str().unwrap()]);
+    assert_ne!(code, 0, "restored beside a WAL of another database: {err}");
+    assert!(err.contains("exists already"), "{err}");
+    std::fs::remove_dir_all(other.path().join("db")).unwrap();
+    let (code, _, err) = cli(other.path(), &env, &["restore", backup.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let mode = std::fs::metadata(db.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+
+    // A copy whose usage log was changed is restored, but not silently.
+    let tampered = dir.path().join("tampered.db");
+    std::fs::copy(&backup, &tampered).unwrap();
+    rusqlite::Connection::open(&tampered)
+        .unwrap()
+        .execute(
+            "UPDATE audit_log SET engine_id = 'someone-else' WHERE seq = 1",
+            [],
+        )
+        .unwrap();
+    let third = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(third.path().join("vault-data")).unwrap();
+    std::fs::copy(
+        dir.path().join("vault-data/master.key"),
+        third.path().join("vault-data/master.key"),
+    )
+    .unwrap();
+    let (code, _, err) = cli(third.path(), &[], &["restore", tampered.to_str().unwrap()]);
+    assert!(err.contains("chain BROKEN"), "{err}");
+    assert_eq!(code, 1, "{err}");
+}
+
+#[test]
 fn an_unreachable_kms_stops_the_start_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

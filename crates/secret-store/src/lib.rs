@@ -49,7 +49,7 @@ pub use model::{
     SecretWrite, StoreStats, StoredSecret,
 };
 pub use postgres::{PostgresOptions, PostgresStore, describe_postgres_url, parse_postgres_url};
-pub use sqlite::{SqliteOptions, SqliteStore, backup_database, restore_database};
+pub use sqlite::{SqliteOptions, SqliteStore, backup_database, restore_database, sidecar_file};
 pub use store::SecretStore;
 
 #[cfg(test)]

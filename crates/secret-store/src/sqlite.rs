@@ -424,8 +424,10 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 /// Creates the database file with mode 0600 (and its directory with 0700)
-/// before SQLite opens it, so it is never readable by others.
-fn prepare_file(path: &Path) -> Result<()> {
+/// before SQLite opens it, so it is never readable by others. `fresh`:
+/// the file must not exist yet (nor a link by its name, dangling or not);
+/// it is created exclusively, so nothing made in between is reused.
+fn prepare_file(path: &Path, fresh: bool) -> Result<()> {
     let io_err = |p: &Path| {
         let p = p.display().to_string();
         move |source| Error::Io { path: p, source }
@@ -442,12 +444,21 @@ fn prepare_file(path: &Path) -> Result<()> {
     }
     std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
+        .create(!fresh)
+        .create_new(fresh)
         .truncate(false)
         .mode(0o600)
         .open(path)
         .map_err(io_err(path))?;
     Ok(())
+}
+
+/// The file SQLite keeps beside `db` with `suffix` (`-wal`, `-shm`): the
+/// whole file name with the suffix appended, whatever its extension.
+pub fn sidecar_file(db: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
 }
 
 /// The columns `secret_from_row` reads, from `secrets` rows matching
@@ -1131,7 +1142,7 @@ impl SqliteStore {
     }
 
     fn open_blocking(path: PathBuf, options: SqliteOptions) -> Result<Self> {
-        prepare_file(&path)?;
+        prepare_file(&path, false)?;
         let mut writer = Connection::open(&path)?;
         configure(&writer, &options)?;
         migrate(&mut writer)?;
@@ -1925,7 +1936,8 @@ pub fn backup_database(
     dest: &Path,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<()> {
-    if dest.exists() {
+    // symlink_metadata: a dangling link counts as existing too.
+    if dest.symlink_metadata().is_ok() {
         return Err(Error::Io {
             path: dest.display().to_string(),
             source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists already"),
@@ -1945,7 +1957,7 @@ pub fn backup_database(
     // The snapshot: every step below reads inside this transaction.
     src.execute_batch("BEGIN")?;
     let _: i64 = src.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
-    prepare_file(dest)?;
+    prepare_file(dest, true)?;
     let result = (|| -> Result<()> {
         let mut dst = Connection::open(dest)?;
         {
@@ -2003,8 +2015,8 @@ pub fn restore_database(backup: &Path, dest: &Path) -> Result<()> {
             return Err(Error::Corrupt("the file is not a vault database".into()));
         }
     }
-    for path in [dest.to_owned(), dest.with_extension("db-wal")] {
-        if path.exists() {
+    for path in [dest.to_owned(), sidecar_file(dest, "-wal")] {
+        if path.symlink_metadata().is_ok() {
             return Err(Error::Io {
                 path: path.display().to_string(),
                 source: std::io::Error::new(

@@ -229,9 +229,10 @@ pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn SecretStore>, 
 }
 
 fn env_value(what: &str, var: &str) -> Result<Zeroizing<String>, StartupError> {
-    let value = std::env::var(var).map_err(|_| {
+    // The untrimmed copy is wiped too.
+    let value = Zeroizing::new(std::env::var(var).map_err(|_| {
         StartupError::Secret(format!("{what}: environment variable {var} is not set"))
-    })?;
+    })?);
     if value.trim().is_empty() {
         return Err(StartupError::Secret(format!(
             "{what}: environment variable {var} is empty"
@@ -608,7 +609,9 @@ fn read_secret(
     env: Option<&str>,
     file: Option<&Path>,
 ) -> Result<Option<Secret>, StartupError> {
-    let value = match (env, file) {
+    // Read into a buffer that is wiped when dropped: only the trimmed copy
+    // in the Secret remains.
+    let value = Zeroizing::new(match (env, file) {
         (Some(var), _) => std::env::var(var).map_err(|_| {
             StartupError::Secret(format!("{what}: environment variable {var} is not set"))
         })?,
@@ -616,7 +619,7 @@ fn read_secret(
             StartupError::Secret(format!("{what}: reading {}: {e}", path.display()))
         })?,
         (None, None) => return Ok(None),
-    };
+    });
     let value = value.trim();
     if value.is_empty() {
         return Err(StartupError::Secret(format!("{what} is empty")));

@@ -957,6 +957,15 @@ impl Config {
                     "notifications: give exactly one of secret_env and secret_file".into(),
                 ));
             }
+            // The sending replica renews its job lease before each delivery
+            // once half of it is gone: one delivery must fit in that half.
+            if n.timeout_secs.saturating_mul(2) >= self.refresh.lease_secs {
+                return Err(ConfigError::Invalid(
+                    "notifications.timeout_secs must be less than half of refresh.lease_secs \
+                     (one replica sends at a time, under that lease)"
+                        .into(),
+                ));
+            }
         }
         if self.audit.prune_interval_secs == 0
             || self.audit.retention_days.is_some_and(|d| d > 36_500)
@@ -977,6 +986,13 @@ impl Config {
             {
                 return Err(ConfigError::Invalid(
                     "audit.forward: batch 1..=10000, positive interval_ms and timeout_secs, max_backoff_secs 1..=3600".into(),
+                ));
+            }
+            if f.timeout_secs.saturating_mul(2) >= self.refresh.lease_secs {
+                return Err(ConfigError::Invalid(
+                    "audit.forward.timeout_secs must be less than half of refresh.lease_secs \
+                     (one replica forwards at a time, under that lease)"
+                        .into(),
                 ));
             }
         }
@@ -1477,6 +1493,8 @@ mod tests {
             "[refresh]\nconcurrency = 9223372036854775807",
             "[refresh]\nconcurrency = 10001",
             "[log]\nlevel = \"warning\"",
+            "[notifications]\nurl = \"https://h.example/x\"\nsecret_env = \"H\"\ntimeout_secs = 15",
+            "[audit.forward]\nurl = \"https://l.example/x\"\ntimeout_secs = 15",
             "[log]\nlevel = \"info,vault\"",
             "[log]\nlevel = \"=debug\"",
             "[log]\nlevel = \"\"",

@@ -65,6 +65,7 @@ struct State {
     logs_authorization: Mutex<Vec<String>>,
     logs_failures: AtomicUsize,
     logs_delay: Mutex<Duration>,
+    webhook_delay: Mutex<Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,6 +109,7 @@ impl FakeProvider {
             logs_authorization: Mutex::default(),
             logs_failures: AtomicUsize::new(0),
             logs_delay: Mutex::new(Duration::ZERO),
+            webhook_delay: Mutex::new(Duration::ZERO),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let server_state = Arc::clone(&state);
@@ -194,6 +196,12 @@ impl FakeProvider {
     /// Webhooks received so far: (signature header, body).
     pub fn webhooks(&self) -> Vec<(String, String)> {
         lock(&self.state.webhooks).clone()
+    }
+
+    /// Delays every webhook answer by `delay` (the delivery is recorded
+    /// when it is answered).
+    pub fn set_webhook_delay(&self, delay: Duration) {
+        *lock(&self.state.webhook_delay) = delay;
     }
 
     /// The next `n` webhook deliveries fail with HTTP 503.
@@ -394,6 +402,10 @@ async fn slack_revoke(state: web::Data<State>, req: HttpRequest, body: web::Byte
 }
 
 async fn webhook(state: web::Data<State>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let delay = *lock(&state.webhook_delay);
+    if !delay.is_zero() {
+        actix_web::rt::time::sleep(delay).await;
+    }
     let failing = state
         .webhook_failures
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -191,6 +191,13 @@ impl TokenManager {
             match self.secret_store().pending_notifications(now, 100).await {
                 Ok(pending) => {
                     for n in pending {
+                        // A round may outlast the lease (slow receiver):
+                        // renewed before each delivery, and given up when
+                        // another replica has taken over, so no two send
+                        // the same notification at once.
+                        if !self.holds_job("notifier").await {
+                            break;
+                        }
                         // Signed just before sending: receivers reject old
                         // timestamps, and a round may take a while.
                         let signature = sign_webhook(

@@ -14,8 +14,8 @@ use vault_secret_store::{LeaseOutcome, PostgresOptions, PostgresStore, SecretSto
 use vault_test_support::{CLIENT_ID, CLIENT_SECRET, FakeProvider, TestDatabase};
 use vault_token_manager::provider::{ProviderConfig, ProviderDefinition, ProviderRegistry};
 use vault_token_manager::{
-    AuditAction, AuditOutcome, AuditSink, ForwarderConfig, RefreshPolicy, RefresherConfig,
-    RequestContext, StoreRequest, TokenData, TokenManager,
+    AuditAction, AuditOutcome, AuditSink, ForwarderConfig, NotifierConfig, RefreshPolicy,
+    RefresherConfig, RequestContext, StoreRequest, TokenData, TokenManager,
 };
 use vault_types::{Clock, ManualClock, Secret, SecretAddress};
 
@@ -91,6 +91,7 @@ impl Replicas {
                     lease,
                     ..RefreshPolicy::default()
                 })
+                .notifications(true)
                 .build(),
             );
         }
@@ -253,6 +254,54 @@ async fn one_replica_at_a_time_forwards_the_usage_log(postgres: bool) {
     }
 }
 
+async fn one_replica_at_a_time_sends_webhooks_even_when_a_round_outlasts_the_lease(postgres: bool) {
+    let lease = StdDuration::from_secs(1);
+    let Some(r) = Replicas::start(postgres, 2, lease).await else {
+        return;
+    };
+    // Eight dead grants, eight notifications.
+    let n = 8;
+    for i in 0..n {
+        r.store(i, 3600).await;
+    }
+    r.provider.set_mode(vault_test_support::Mode::InvalidGrant);
+    r.clock.advance(Duration::seconds(4000));
+    for i in 0..n {
+        assert!(r.replicas[0].fetch(&ctx(), &addr(i), &[]).await.is_err());
+    }
+    // Each delivery takes 300 ms: one round of eight takes 2.4 s, more than
+    // twice the lease.
+    r.provider.set_webhook_delay(StdDuration::from_millis(300));
+    let config = NotifierConfig {
+        url: r.provider.url("/webhook"),
+        secret: Secret::from("hook-secret"),
+        interval: StdDuration::from_millis(50),
+        timeout: StdDuration::from_secs(2),
+    };
+    let tasks: Vec<_> = r
+        .replicas
+        .iter()
+        .map(|t| tokio::spawn(t.clone().run_notifier(config.clone())))
+        .collect();
+    for _ in 0..600 {
+        if r.provider.webhooks().len() >= n {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    // Settle: a second sender would show up as extra deliveries.
+    tokio::time::sleep(StdDuration::from_millis(800)).await;
+    for t in tasks {
+        t.abort();
+    }
+    let mut bodies: Vec<String> = r.provider.webhooks().into_iter().map(|(_, b)| b).collect();
+    let delivered = bodies.len();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), n, "every notification delivered");
+    assert_eq!(delivered, n, "none delivered twice");
+}
+
 impl Replicas {
     /// Makes the database refuse (or accept again) every new version of a
     /// secret, while leases and everything else still work: a store that
@@ -384,4 +433,5 @@ on_both!(
     one_replica_at_a_time_forwards_the_usage_log,
     tokens_refreshed_but_not_stored_keep_their_lease_until_written,
     a_delete_waits_for_a_refresh_on_another_replica,
+    one_replica_at_a_time_sends_webhooks_even_when_a_round_outlasts_the_lease,
 );

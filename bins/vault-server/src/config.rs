@@ -1174,8 +1174,10 @@ fn check_log_filter(filter: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
+        // The value is not repeated: a secret pasted into the wrong key
+        // must not reach the terminal or a log.
         Err(ConfigError::Invalid(format!(
-            "log.level {filter:?}: each directive must be one of {} or target=level",
+            "log.level: each comma-separated directive must be one of {} or target=level",
             LEVELS.join(", ")
         )))
     }

@@ -233,8 +233,14 @@ impl SecretStore for FaultyStore {
         self.call(self.inner.set_audit_cursor(name, seq)).await
     }
 
-    async fn prune_audit(&self, before: OffsetDateTime, max_seq: i64) -> Result<Option<i64>> {
-        self.call(self.inner.prune_audit(before, max_seq)).await
+    async fn prune_audit(
+        &self,
+        before: OffsetDateTime,
+        max_seq: i64,
+        limit: u32,
+    ) -> Result<Option<i64>> {
+        self.call(self.inner.prune_audit(before, max_seq, limit))
+            .await
     }
 
     fn chain_audit(&self, mac: Arc<dyn AuditMac>) {

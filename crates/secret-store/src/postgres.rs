@@ -1226,7 +1226,12 @@ impl SecretStore for PostgresStore {
         Ok(())
     }
 
-    async fn prune_audit(&self, before: OffsetDateTime, max_seq: i64) -> Result<Option<i64>> {
+    async fn prune_audit(
+        &self,
+        before: OffsetDateTime,
+        max_seq: i64,
+        limit: u32,
+    ) -> Result<Option<i64>> {
         let Some(mac) = self.inner.audit_mac() else {
             return Err(Error::Invalid("the usage-log chain key is not set"));
         };
@@ -1237,11 +1242,25 @@ impl SecretStore for PostgresStore {
         // it stands.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
             .await?;
+        // At most `limit` chained records from the oldest on (and any from
+        // before the chain began, which are all older).
+        let first: Option<i64> = tx
+            .query_opt(
+                "SELECT seq FROM audit_log WHERE mac IS NOT NULL ORDER BY seq LIMIT 1",
+                &[],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let Some(first) = first else {
+            return Ok(None);
+        };
+        let upto = max_seq.min(first.saturating_add(i64::from(limit.max(1)) - 1));
         let last = tx
             .query_opt(
                 "SELECT seq, mac FROM audit_log WHERE at_ms < $1 AND seq <= $2
                  ORDER BY seq DESC LIMIT 1",
-                &[&ms(before), &max_seq],
+                &[&ms(before), &upto],
             )
             .await?;
         let Some(last) = last else {

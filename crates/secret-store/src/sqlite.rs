@@ -562,14 +562,28 @@ fn prune_tx(
     mac: &dyn AuditMac,
     before: OffsetDateTime,
     max_seq: i64,
+    limit: u32,
     now: OffsetDateTime,
 ) -> Result<Option<i64>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // At most `limit` chained records from the oldest on (and any from
+    // before the chain began, which are all older).
+    let first: Option<i64> = tx
+        .query_row(
+            "SELECT seq FROM audit_log WHERE mac IS NOT NULL ORDER BY seq LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    let upto = max_seq.min(first.saturating_add(i64::from(limit.max(1)) - 1));
     let last: Option<(i64, Option<Vec<u8>>)> = tx
         .query_row(
             "SELECT seq, mac FROM audit_log WHERE at_ms < ?1 AND seq <= ?2
              ORDER BY seq DESC LIMIT 1",
-            params![ms(before), max_seq],
+            params![ms(before), upto],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
@@ -1556,12 +1570,17 @@ impl SecretStore for SqliteStore {
         .await
     }
 
-    async fn prune_audit(&self, before: OffsetDateTime, max_seq: i64) -> Result<Option<i64>> {
+    async fn prune_audit(
+        &self,
+        before: OffsetDateTime,
+        max_seq: i64,
+        limit: u32,
+    ) -> Result<Option<i64>> {
         let Some(mac) = self.inner.audit_mac() else {
             return Err(Error::Invalid("the usage-log chain key is not set"));
         };
         let now = OffsetDateTime::now_utc();
-        self.with_writer(move |c, _| prune_tx(c, mac.as_ref(), before, max_seq, now))
+        self.with_writer(move |c, _| prune_tx(c, mac.as_ref(), before, max_seq, limit, now))
             .await
     }
 

@@ -141,11 +141,19 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     async fn set_audit_cursor(&self, name: &str, seq: i64) -> Result<()>;
 
     /// Deletes the usage records written before `before`, but none after
-    /// sequence number `max_seq` (records not yet delivered everywhere), and
-    /// leaves a checkpoint signed with the chain key so the rest of the
-    /// chain still verifies. Returns the last pruned sequence number.
+    /// sequence number `max_seq` (records not yet delivered everywhere) and
+    /// at most `limit` of them, and leaves a checkpoint signed with the
+    /// chain key so the rest of the chain still verifies. Returns the last
+    /// pruned sequence number; call again until `None` to prune all. Each
+    /// call is one short transaction, so appends (every token read) wait
+    /// for one chunk at most, not for the whole backlog.
     /// Needs the chain key ([`SecretStore::chain_audit`]).
-    async fn prune_audit(&self, before: OffsetDateTime, max_seq: i64) -> Result<Option<i64>>;
+    async fn prune_audit(
+        &self,
+        before: OffsetDateTime,
+        max_seq: i64,
+        limit: u32,
+    ) -> Result<Option<i64>>;
 
     /// From now on, chain every usage record with `mac` (see [`AuditMac`]).
     fn chain_audit(&self, mac: std::sync::Arc<dyn AuditMac>);

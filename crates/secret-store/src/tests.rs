@@ -833,7 +833,10 @@ async fn retention_prunes_and_leaves_a_verifiable_checkpoint(fx: Fx) {
         store.append_audit(r).await.unwrap();
     }
     // Older than day 6, but nothing past record 4 (not yet delivered).
-    let pruned = store.prune_audit(T0 + Duration::days(6), 4).await.unwrap();
+    let pruned = store
+        .prune_audit(T0 + Duration::days(6), 4, 10_000)
+        .await
+        .unwrap();
     assert_eq!(pruned, Some(4));
     let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!(v.problem, None, "{v:?}");
@@ -841,7 +844,7 @@ async fn retention_prunes_and_leaves_a_verifiable_checkpoint(fx: Fx) {
     // Pruning again up to day 6: records 5 and 6.
     assert_eq!(
         store
-            .prune_audit(T0 + Duration::days(6), i64::MAX)
+            .prune_audit(T0 + Duration::days(6), i64::MAX, 10_000)
             .await
             .unwrap(),
         Some(6)
@@ -854,7 +857,7 @@ async fn retention_prunes_and_leaves_a_verifiable_checkpoint(fx: Fx) {
     // Nothing more to prune.
     assert_eq!(
         store
-            .prune_audit(T0 + Duration::days(6), i64::MAX)
+            .prune_audit(T0 + Duration::days(6), i64::MAX, 10_000)
             .await
             .unwrap(),
         None
@@ -870,11 +873,38 @@ async fn retention_prunes_and_leaves_a_verifiable_checkpoint(fx: Fx) {
     assert_eq!(v.problem, Some(AuditProblem::Checkpoint { seq: 7 }));
 }
 
+async fn retention_prunes_in_chunks_each_leaving_a_verifiable_checkpoint(fx: Fx) {
+    let store = Arc::clone(&fx.store);
+    store.chain_audit(Arc::new(TestMac));
+    for i in 0..10i64 {
+        let mut r = audit(AuditAction::Read, &format!("p{i}"));
+        r.at = T0 + Duration::days(i);
+        store.append_audit(r).await.unwrap();
+    }
+    // Records 1..=8 are old enough; three per call.
+    let before = T0 + Duration::days(8);
+    let mut cuts = Vec::new();
+    while let Some(seq) = store.prune_audit(before, i64::MAX, 3).await.unwrap() {
+        cuts.push(seq);
+        let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
+        assert_eq!(v.problem, None, "after pruning through {seq}: {v:?}");
+        assert_eq!(v.pruned_through, Some(seq));
+        // Appends go on between chunks (new records, not due for pruning).
+        let mut r = audit(AuditAction::Read, "between");
+        r.at = T0 + Duration::days(20);
+        store.append_audit(r).await.unwrap();
+        assert!(cuts.len() < 10, "pruning never ends: {cuts:?}");
+    }
+    assert_eq!(cuts, [3, 6, 8]);
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
+    assert_eq!((v.problem, v.records), (None, 2 + 3));
+}
+
 async fn the_chain_continues_after_everything_was_pruned(fx: Fx) {
     let store = chained(&fx, 3).await;
     assert_eq!(
         store
-            .prune_audit(T0 + Duration::days(1), i64::MAX)
+            .prune_audit(T0 + Duration::days(1), i64::MAX, 10_000)
             .await
             .unwrap(),
         Some(3)
@@ -1085,7 +1115,10 @@ async fn nothing_is_appended_over_a_forged_head(fx: Fx) {
 
 async fn forged_rows_below_a_checkpoint_are_found(fx: Fx) {
     let store = chained(&fx, 6).await;
-    store.prune_audit(T0 + Duration::days(1), 3).await.unwrap();
+    store
+        .prune_audit(T0 + Duration::days(1), 3, 10_000)
+        .await
+        .unwrap();
     fx.exec(
         "INSERT INTO audit_log (seq, at_ms, request_id, action, outcome)
              VALUES (2, 0, 'forged-old', 'read', 'success')",
@@ -1255,7 +1288,7 @@ async fn the_chain_verifies_across_a_usage_log_key_rotation(fx: Fx) {
     }
     store.set_audit_cursor("logs", 3).await.unwrap();
     store
-        .prune_audit(T0 + Duration::seconds(1), 2)
+        .prune_audit(T0 + Duration::seconds(1), 2, 10_000)
         .await
         .unwrap();
 
@@ -1806,6 +1839,7 @@ conformance!(
     audit_records_before_the_chain_are_counted_apart,
     audit_query_filters_and_pages,
     retention_prunes_and_leaves_a_verifiable_checkpoint,
+    retention_prunes_in_chunks_each_leaving_a_verifiable_checkpoint,
     the_chain_continues_after_everything_was_pruned,
     group_commit_keeps_every_record_in_one_chain,
     concurrent_stores_conflicts_and_records_commit_together,
@@ -1859,7 +1893,10 @@ async fn a_sqlite_vault_migrates_into_postgres_whole() {
         })
         .await
         .unwrap();
-    source.prune_audit(T0 + Duration::days(1), 5).await.unwrap();
+    source
+        .prune_audit(T0 + Duration::days(1), 5, 10_000)
+        .await
+        .unwrap();
     source.set_audit_cursor("forward", 12).await.unwrap();
     let before = source.verify_audit(Arc::clone(&mac)).await.unwrap();
     assert_eq!(before.problem, None);

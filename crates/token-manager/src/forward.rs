@@ -148,6 +148,9 @@ async fn deliver(
     }
 }
 
+/// Usage records deleted per retention transaction.
+pub(crate) const PRUNE_CHUNK: u32 = 10_000;
+
 impl TokenManager {
     /// Runs one usage-log forwarder until the task is dropped or aborted.
     ///
@@ -238,7 +241,9 @@ impl TokenManager {
         }
     }
 
-    /// One retention pass; the last pruned record, if any.
+    /// One retention pass; the last pruned record, if any. Prunes in
+    /// transactions of 10,000 records, so the first pass over a
+    /// large backlog does not hold up the appends every read makes.
     pub async fn prune_audit_once(
         &self,
         keep: Duration,
@@ -246,7 +251,16 @@ impl TokenManager {
     ) -> crate::Result<Option<i64>> {
         let before = self.now() - keep;
         let max_seq = self.delivered_everywhere(sinks).await?.unwrap_or(i64::MAX);
-        Ok(self.secret_store().prune_audit(before, max_seq).await?)
+        let mut last = None;
+        while let Some(seq) = self
+            .secret_store()
+            .prune_audit(before, max_seq, PRUNE_CHUNK)
+            .await?
+        {
+            last = Some(seq);
+            tokio::task::yield_now().await;
+        }
+        Ok(last)
     }
 
     /// The lowest cursor of the given sinks: records up to it have been

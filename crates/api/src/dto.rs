@@ -244,6 +244,8 @@ impl From<vault_token_manager::AuditEntry> for AuditEntryBody {
 pub(crate) struct AuditPageBody {
     pub(crate) records: Vec<AuditEntryBody>,
     /// Pass as `cursor` for the next (older) page; null when there is none.
+    /// A page examines at most 100,000 records, so one with few (or no)
+    /// records may still have a next page: follow the cursor until null.
     pub(crate) next_cursor: Option<i64>,
 }
 

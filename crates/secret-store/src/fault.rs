@@ -18,9 +18,10 @@ use time::OffsetDateTime;
 use vault_types::SecretAddress;
 
 use crate::{
-    AuditEntry, AuditKeyRecord, AuditMac, AuditQuery, AuditRecord, AuditVerification, EngineRecord,
-    Error, KeyUsage, LeaseOutcome, NewNotification, PendingNotification, RefreshState, Result,
-    RewrapItem, Rewrapped, SecretStatus, SecretStore, SecretWrite, StoreStats, StoredSecret,
+    AuditEntry, AuditKeyRecord, AuditMac, AuditPage, AuditQuery, AuditRecord, AuditVerification,
+    EngineRecord, Error, KeyUsage, LeaseOutcome, NewNotification, PendingNotification,
+    RefreshState, Result, RewrapItem, Rewrapped, SecretStatus, SecretStore, SecretWrite,
+    StoreStats, StoredSecret,
 };
 
 /// What a [`FaultyStore`] does to the calls it passes on; shared, and
@@ -217,7 +218,7 @@ impl SecretStore for FaultyStore {
         self.call(self.inner.recent_audit(limit)).await
     }
 
-    async fn query_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>> {
+    async fn query_audit(&self, query: AuditQuery) -> Result<AuditPage> {
         self.call(self.inner.query_audit(query)).await
     }
 

@@ -43,10 +43,10 @@ mod store;
 pub use error::{Error, Result};
 pub use migrate::{MigrationReport, migrate_sqlite_to_postgres};
 pub use model::{
-    AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditProblem, AuditQuery,
-    AuditRecord, AuditVerification, EngineRecord, KeyUsage, LeaseOutcome, NewNotification,
-    PendingNotification, RefreshState, RewrapItem, Rewrapped, SecretMeta, SecretStatus,
-    SecretWrite, StoreStats, StoredSecret,
+    AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditPage, AuditProblem,
+    AuditQuery, AuditRecord, AuditVerification, EngineRecord, KeyUsage, LeaseOutcome,
+    NewNotification, PendingNotification, RefreshState, RewrapItem, Rewrapped, SecretMeta,
+    SecretStatus, SecretWrite, StoreStats, StoredSecret,
 };
 pub use postgres::{PostgresOptions, PostgresStore, describe_postgres_url, parse_postgres_url};
 pub use sqlite::{SqliteOptions, SqliteStore, backup_database, restore_database, sidecar_file};

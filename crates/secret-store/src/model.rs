@@ -424,6 +424,57 @@ pub struct AuditQuery {
     pub before_seq: Option<i64>,
     /// Most records returned.
     pub limit: u32,
+    /// Most records examined, newest first from the cursor (`None`: no
+    /// bound). The log has no index on its filters (each index would cost
+    /// every token read an insert), so a filter matching little would
+    /// otherwise walk the whole log; with a bound a page may come back
+    /// short, and [`AuditPage::next_before`] says where to go on.
+    pub scan: Option<u32>,
+}
+
+/// One page of a usage-log query.
+#[derive(Debug, Clone, Default)]
+pub struct AuditPage {
+    /// The matching records, newest first.
+    pub entries: Vec<AuditEntry>,
+    /// Where the next page starts (its `before_seq`), or `None` when
+    /// nothing older is left to look at: the last entry's sequence number
+    /// when the page is full, else the lower end of the scanned range when
+    /// older records remain beyond it.
+    pub next_before: Option<i64>,
+}
+
+impl AuditPage {
+    /// Builds the page of `entries` found for `q` in the range of sequence
+    /// numbers from `floor` (the scan bound, if any) up, in a log whose
+    /// oldest record is `oldest`.
+    pub(crate) fn new(
+        entries: Vec<AuditEntry>,
+        q: &AuditQuery,
+        floor: Option<i64>,
+        oldest: Option<i64>,
+    ) -> Self {
+        let next_before = if entries.len() as u64 >= u64::from(q.limit) {
+            entries.last().map(|e| e.seq)
+        } else {
+            floor.filter(|f| oldest.is_some_and(|o| o < *f))
+        };
+        Self {
+            entries,
+            next_before,
+        }
+    }
+
+    /// The lowest sequence number a scan of `q` examines, given the newest
+    /// record `head`: at most `q.scan` numbers below the cursor.
+    pub(crate) fn floor(q: &AuditQuery, head: Option<i64>) -> Option<i64> {
+        let scan = i64::from(q.scan?);
+        let top = match q.before_seq {
+            Some(before) => before,
+            None => head?.saturating_add(1),
+        };
+        Some(top.saturating_sub(scan))
+    }
 }
 
 /// Counts for metrics.

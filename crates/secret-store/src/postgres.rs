@@ -36,8 +36,8 @@ use crate::chain::{
 use crate::group::{self, Batch, Pending, PutJob, Reply};
 use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
 use crate::{
-    AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditQuery, AuditRecord,
-    AuditVerification, EngineRecord, Error, KeyUsage, LeaseOutcome, NewNotification,
+    AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditPage, AuditQuery,
+    AuditRecord, AuditVerification, EngineRecord, Error, KeyUsage, LeaseOutcome, NewNotification,
     PendingNotification, RefreshState, Result, RewrapItem, Rewrapped, SecretStatus, SecretStore,
     SecretWrite, StoreStats, StoredSecret,
 };
@@ -1118,14 +1118,20 @@ impl SecretStore for PostgresStore {
         rows.iter().map(|r| audit_from_row(r, 1)).collect()
     }
 
-    async fn query_audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>> {
+    async fn query_audit(&self, q: AuditQuery) -> Result<AuditPage> {
         let client = self.inner.client().await?;
+        let bounds = client
+            .query_one("SELECT MIN(seq), MAX(seq) FROM audit_log", &[])
+            .await?;
+        let (oldest, head): (Option<i64>, Option<i64>) = (bounds.try_get(0)?, bounds.try_get(1)?);
+        let floor = AuditPage::floor(&q, head);
         let sql = format!(
             "SELECT {AUDIT_COLUMNS} FROM audit_log
              WHERE ($1::text IS NULL OR environment = $1) AND ($2::text IS NULL OR project = $2)
                AND ($3::text IS NULL OR platform = $3) AND ($4::text IS NULL OR engine_id = $4)
                AND ($5::text IS NULL OR action = $5) AND ($6::bigint IS NULL OR at_ms >= $6)
                AND ($7::bigint IS NULL OR at_ms < $7) AND ($8::bigint IS NULL OR seq < $8)
+               AND ($10::bigint IS NULL OR seq >= $10)
              ORDER BY seq DESC LIMIT $9"
         );
         let stmt = client.prepare_cached(&sql).await?;
@@ -1142,10 +1148,15 @@ impl SecretStore for PostgresStore {
                     &q.until.map(ms),
                     &q.before_seq,
                     &i64::from(q.limit),
+                    &floor,
                 ],
             )
             .await?;
-        rows.iter().map(entry_from_row).collect()
+        let entries = rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AuditPage::new(entries, &q, floor, oldest))
     }
 
     async fn audit_after(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {

@@ -19,8 +19,8 @@ use crate::chain::{
 use crate::group::{self, Batch, Pending, PutJob, Reply};
 use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
 use crate::{
-    AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditQuery, AuditRecord,
-    AuditVerification, EngineRecord, Error, KeyUsage, LeaseOutcome, NewNotification,
+    AuditAction, AuditEntry, AuditKeyRecord, AuditMac, AuditOutcome, AuditPage, AuditQuery,
+    AuditRecord, AuditVerification, EngineRecord, Error, KeyUsage, LeaseOutcome, NewNotification,
     PendingNotification, RefreshState, Result, RewrapItem, Rewrapped, SecretStatus, SecretStore,
     SecretWrite, StoreStats, StoredSecret,
 };
@@ -1473,8 +1473,12 @@ impl SecretStore for SqliteStore {
         .await
     }
 
-    async fn query_audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>> {
+    async fn query_audit(&self, q: AuditQuery) -> Result<AuditPage> {
         self.with_reader(move |c| {
+            let (oldest, head): (Option<i64>, Option<i64>) = c
+                .prepare_cached("SELECT MIN(seq), MAX(seq) FROM audit_log")?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let floor = AuditPage::floor(&q, head);
             let mut stmt = c.prepare_cached(
                 "SELECT seq, at_ms, request_id, engine_id, action, environment, project, platform,
                         outcome, detail, mac
@@ -1483,6 +1487,7 @@ impl SecretStore for SqliteStore {
                    AND (?3 IS NULL OR platform = ?3) AND (?4 IS NULL OR engine_id = ?4)
                    AND (?5 IS NULL OR action = ?5) AND (?6 IS NULL OR at_ms >= ?6)
                    AND (?7 IS NULL OR at_ms < ?7) AND (?8 IS NULL OR seq < ?8)
+                   AND (?10 IS NULL OR seq >= ?10)
                  ORDER BY seq DESC LIMIT ?9",
             )?;
             let rows = stmt.query_map(
@@ -1496,10 +1501,12 @@ impl SecretStore for SqliteStore {
                     q.until.map(ms),
                     q.before_seq,
                     q.limit,
+                    floor,
                 ],
                 entry_from_row,
             )?;
-            collect_entries(rows)
+            let entries = collect_entries(rows)?;
+            Ok(AuditPage::new(entries, &q, floor, oldest))
         })
         .await
     }

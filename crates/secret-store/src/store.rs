@@ -7,9 +7,9 @@ use time::OffsetDateTime;
 use vault_types::SecretAddress;
 
 use crate::{
-    AuditEntry, AuditKeyRecord, AuditMac, AuditQuery, AuditRecord, AuditVerification, EngineRecord,
-    KeyUsage, LeaseOutcome, NewNotification, PendingNotification, RefreshState, Result, RewrapItem,
-    Rewrapped, SecretStatus, SecretWrite, StoreStats, StoredSecret,
+    AuditEntry, AuditKeyRecord, AuditMac, AuditPage, AuditQuery, AuditRecord, AuditVerification,
+    EngineRecord, KeyUsage, LeaseOutcome, NewNotification, PendingNotification, RefreshState,
+    Result, RewrapItem, Rewrapped, SecretStatus, SecretWrite, StoreStats, StoredSecret,
 };
 
 /// Durable storage of sealed secrets, the usage log and the notification
@@ -127,7 +127,7 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>>;
 
     /// Usage records matching `query`, newest first.
-    async fn query_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>>;
+    async fn query_audit(&self, query: AuditQuery) -> Result<AuditPage>;
 
     /// Up to `limit` usage records after sequence number `after`, oldest
     /// first (for export and forwarding).

@@ -790,19 +790,20 @@ async fn audit_query_filters_and_pages(fx: Fx) {
     };
     let all = store.query_audit(q(|_| {})).await.unwrap();
     assert_eq!(
-        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        all.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [6, 5, 4, 3, 2, 1]
     );
+    assert_eq!(all.next_before, None);
     let reads = store
         .query_audit(q(|q| q.action = Some(AuditAction::Read)))
         .await
         .unwrap();
-    assert_eq!(reads.len(), 5);
+    assert_eq!(reads.entries.len(), 5);
     let other = store
         .query_audit(q(|q| q.project = Some("pf_other".into())))
         .await
         .unwrap();
-    assert_eq!(other.len(), 1);
+    assert_eq!(other.entries.len(), 1);
     let page = store
         .query_audit(q(|q| {
             q.limit = 2;
@@ -810,7 +811,40 @@ async fn audit_query_filters_and_pages(fx: Fx) {
         }))
         .await
         .unwrap();
-    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 3]);
+    assert_eq!(
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [4, 3]
+    );
+    assert_eq!(page.next_before, Some(3));
+
+    // A bounded scan: at most two records examined per page. Pages may come
+    // back short, even empty, with a cursor that goes on to the end.
+    for (project, want) in [("pf_203", vec![5, 4, 3, 2, 1]), ("pf_other", vec![6])] {
+        let mut cursor = None;
+        let mut found = Vec::new();
+        let mut sizes = Vec::new();
+        loop {
+            let page = store
+                .query_audit(AuditQuery {
+                    limit: 100,
+                    scan: Some(2),
+                    project: Some(project.into()),
+                    before_seq: cursor,
+                    ..AuditQuery::default()
+                })
+                .await
+                .unwrap();
+            sizes.push(page.entries.len());
+            found.extend(page.entries.iter().map(|e| e.seq));
+            match page.next_before {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+            assert!(sizes.len() < 10, "the cursor does not move on");
+        }
+        assert_eq!(found, want, "{project}");
+        assert_eq!(sizes.len(), 3, "6 records, 2 examined per page: {sizes:?}");
+    }
     assert_eq!(store.audit_cursor("forward").await.unwrap(), 0);
     store.set_audit_cursor("forward", 4).await.unwrap();
     store.set_audit_cursor("forward", 2).await.unwrap();
@@ -1067,6 +1101,7 @@ async fn records_cut_off_the_end_stay_missing_after_later_appends(fx: Fx) {
         })
         .await
         .unwrap()
+        .entries
         .iter()
         .map(|e| e.seq)
         .collect();

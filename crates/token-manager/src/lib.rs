@@ -62,5 +62,6 @@ pub use model::{
 };
 pub use notify::{SIGNATURE_HEADER, sign_webhook};
 pub use vault_secret_store::{
-    AuditAction, AuditEntry, AuditOutcome, AuditQuery, AuditRecord, KeyUsage, SecretStatus,
+    AuditAction, AuditEntry, AuditOutcome, AuditPage, AuditQuery, AuditRecord, KeyUsage,
+    SecretStatus,
 };

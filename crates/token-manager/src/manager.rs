@@ -8,7 +8,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use vault_encryption_layer::Envelope;
 use vault_secret_store::{
-    AuditAction, AuditEntry, AuditOutcome, AuditQuery, AuditRecord, NewNotification, RefreshState,
+    AuditAction, AuditOutcome, AuditPage, AuditQuery, AuditRecord, NewNotification, RefreshState,
     SecretMeta, SecretStatus, SecretStore, SecretWrite, StoredSecret,
 };
 use vault_types::metrics::{CounterVec, HistogramVec, render_gauge};
@@ -896,8 +896,9 @@ impl TokenManager {
         ]
     }
 
-    /// Usage records matching `query`, newest first.
-    pub async fn query_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>> {
+    /// Usage records matching `query`, newest first, and where the next
+    /// page starts.
+    pub async fn query_audit(&self, query: AuditQuery) -> Result<AuditPage> {
         Ok(self.inner.store.query_audit(query).await?)
     }
 

@@ -520,3 +520,74 @@ async fn many_concurrent_requests_of_a_good_engine_are_all_served() {
         assert_eq!(r.unwrap().status().as_u16(), 200);
     }
 }
+
+/// A stand-in Engine Control Core that allows everything, except that it
+/// fails (HTTP 500) every question about project `pf_broken` once `broken`
+/// is set. Decisions are not cached (`ttl_seconds: 0`).
+fn core_failing_for_one_project(broken: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = HttpServer::new(move || {
+                let broken = std::sync::Arc::clone(&broken);
+                App::new().route(
+                    "/decide",
+                    web::post().to(move |body: web::Json<serde_json::Value>| {
+                        let failing = broken.load(std::sync::atomic::Ordering::SeqCst)
+                            && body["project"] == "pf_broken";
+                        async move {
+                            if failing {
+                                HttpResponse::InternalServerError().finish()
+                            } else {
+                                HttpResponse::Ok().json(json!({"allow": true, "ttl_seconds": 0}))
+                            }
+                        }
+                    }),
+                )
+            })
+            .workers(1)
+            .bind("127.0.0.1:0")
+            .unwrap();
+            tx.send(server.addrs()[0]).unwrap();
+            server.run().await.unwrap();
+        });
+    });
+    format!("http://{}/decide", rx.recv().unwrap())
+}
+
+#[actix_web::test]
+async fn an_audit_page_fails_rather_than_hide_records_the_core_cannot_decide() {
+    let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = core_failing_for_one_project(std::sync::Arc::clone(&broken));
+    let app = spawn_app_with(&format!(
+        "[access]\nresolver = \"ecc\"\n[access.ecc]\nurl = \"{url}\"\ntimeout_ms = 2000"
+    ))
+    .await;
+    for project in ["pf_ok", "pf_broken"] {
+        let mut body = slack_body();
+        body["project_id"] = json!(project);
+        assert_eq!(app.store(&body).await.status().as_u16(), 201);
+    }
+    let page = |app: &TestApp| {
+        app.as_engine(Method::GET, "/vault/audit?limit=100", ADMIN)
+            .send()
+    };
+    let all: serde_json::Value = page(&app).await.unwrap().json().await.unwrap();
+    let projects: Vec<&str> = all["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["project"].as_str())
+        .collect();
+    assert!(
+        projects.contains(&"pf_broken") && projects.contains(&"pf_ok"),
+        "{all}"
+    );
+
+    // The core cannot decide for one project's records: the page is refused
+    // (a short page with a cursor past them would hide them for good).
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let res = page(&app).await.unwrap();
+    assert_error(res, 503, "access_resolver_unavailable").await;
+}

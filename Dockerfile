@@ -15,6 +15,8 @@ ARG RUST_IMAGE=rust:1.95-slim-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS build
+# Marks the build stage's images, so they can be pruned by this label.
+LABEL vault-engine.stage=build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p vault-server \

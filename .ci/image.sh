@@ -23,11 +23,28 @@ CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/vault-engine-image
 RUST_IMAGE=rust:1.95-slim-bookworm
 RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 LOCAL_BASE=vault-engine-base/bookworm:minbase
-LOCAL_RUST=vault-engine-base/rust:bookworm
+# Tagged with the toolchain's version: a newer one makes a new base.
+LOCAL_RUST=vault-engine-base/rust:$(rustc --version | awk '{print $2}')-bookworm
 LOCAL_RUNTIME=vault-engine-base/cc-debian12:nonroot
 mkdir -p "$CACHE"
 
 say() { printf '\n-- %s\n' "$*"; }
+
+# Temporary directories, container, volume and the build's intermediate
+# images go at exit, whatever happened: the legacy builder keeps the build
+# stage (gigabytes of target/) as a dangling image otherwise.
+TEMP_DIRS=()
+NAME="vault-image-check-$$"
+VOLUME="vault-image-check-$$"
+cleanup() {
+    docker rm -f "$NAME" >/dev/null 2>&1 || true
+    docker volume rm -f "$VOLUME" >/dev/null 2>&1 || true
+    docker image prune -f --filter label=vault-engine.stage=build >/dev/null 2>&1 || true
+    for d in "${TEMP_DIRS[@]:-}"; do
+        if [ -n "$d" ]; then rm -rf "$d"; fi
+    done
+}
+trap cleanup EXIT
 fail() { printf 'image check FAILED: %s\n' "$*" >&2; exit 1; }
 as_root() { [ "$(id -u)" = 0 ]; }
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
@@ -80,6 +97,7 @@ local_rust() {
     sysroot=$(rustc --print sysroot)
     say "build-stage base from $LOCAL_BASE and $(rustc --version)"
     ctx=$(mktemp -d)
+    TEMP_DIRS+=("$ctx")
     mkdir -p "$ctx/rust"
     cp -a "$sysroot/bin" "$sysroot/lib" "$ctx/rust/"
     cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
@@ -104,6 +122,7 @@ local_runtime() {
     say "runtime base: libc6 libgcc-s1 libstdc++6 libssl3 ca-certificates tzdata netbase"
     local work root
     work=$(mktemp -d)
+    TEMP_DIRS+=("$work")
     root="$work/root"
     mkdir -p "$root"
     docker run --rm -v "$work:/out" "$LOCAL_BASE" sh -c '
@@ -150,15 +169,8 @@ docker build -q -t "$IMAGE" \
     --build-arg RUST_IMAGE="$RUST_IMAGE" --build-arg RUNTIME_IMAGE="$RUNTIME_IMAGE" . >/dev/null
 echo "built in $(($(date +%s) - started)) s; image size $(($(docker image inspect -f '{{.Size}}' "$IMAGE") / 1000000)) MB"
 
-NAME="vault-image-check-$$"
-VOLUME="vault-image-check-$$"
 WORK=$(mktemp -d)
-cleanup() {
-    docker rm -f "$NAME" >/dev/null 2>&1 || true
-    docker volume rm -f "$VOLUME" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+TEMP_DIRS+=("$WORK")
 
 say "the image runs as nonroot and holds no shell"
 user=$(docker image inspect -f '{{.Config.User}}' "$IMAGE")

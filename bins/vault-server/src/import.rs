@@ -126,7 +126,7 @@ async fn import_at_once(
     let ctx = RequestContext::new("import".to_owned(), Some("import".into()));
     let mut progress = crate::progress::Progress::new("import", Some(total as u64));
     let result = tokens
-        .store_new_batch_with_progress(&ctx, good.into_iter().map(|(_, r)| r).collect(), |sealed| {
+        .import_batch(&ctx, good.into_iter().map(|(_, r)| r).collect(), |sealed| {
             progress.update(sealed, total as u64)
         })
         .await;

@@ -784,8 +784,12 @@ impl Application {
             ));
         }
         if let Some(n) = notifier {
-            // The URL may carry a secret in its path or query: log the host only.
-            let host = n.url.split('/').nth(2).unwrap_or("?").to_owned();
+            // The URL may carry a secret in its user part, path or query:
+            // log the host only.
+            let host = url::Url::parse(&n.url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_else(|| "?".to_owned());
             tracing::info!(host = %host, "notifications enabled");
             actix_web::rt::spawn(tokens.clone().run_notifier(n));
         }
@@ -825,8 +829,9 @@ impl Application {
             server,
             local_addr,
             tokens: stopping,
-            // A refresh under way ends within one provider timeout.
-            stop_wait: Duration::from_secs(config.refresh.http_timeout_secs),
+            // A refresh under way ends within one provider timeout, and its
+            // write (with its retries) within a few seconds more.
+            stop_wait: Duration::from_secs(config.refresh.http_timeout_secs.saturating_add(5)),
         })
     }
 
@@ -843,9 +848,10 @@ impl Application {
     /// Serves until SIGINT/SIGTERM (graceful) or [`ServerHandle::stop`].
     ///
     /// A graceful stop finishes the requests under way, then waits (at most
-    /// `refresh.http_timeout_secs`) for background refreshes whose provider
-    /// call has started, so the tokens a provider has just rotated are
-    /// written before the process ends.
+    /// `refresh.http_timeout_secs` + 5 s) for refreshes whose provider call
+    /// has started, so the tokens a provider has just rotated are written
+    /// before the process ends, and gives back the refresh leases it holds
+    /// for tokens it has not started.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
         self.tokens.shutdown(self.stop_wait).await;

@@ -527,6 +527,37 @@ fn a_graceful_stop_writes_a_refresh_under_way() {
 }
 
 #[test]
+fn a_graceful_stop_writes_a_refresh_a_read_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = vault_test_support::FakeProvider::start();
+    fake.set_expires_in(Some(3600));
+    fake.set_delay(Duration::from_millis(1500));
+    let config = lifecycle_config(dir.path(), &fake);
+    // No background refresher: only the read starts the refresh.
+    let envs = [
+        ("VAULT_CONFIG", config.to_str().unwrap()),
+        ("VAULT__REFRESH__BACKGROUND", "false"),
+        ("VAULT__REFRESH__MARGIN_RATIO", "1.0"),
+    ];
+    let mut s = start(dir.path(), &envs).unwrap();
+    let token = dev_token(dir.path());
+    // Valid for 200 s and due at once (a margin of its whole lifetime): a
+    // read answers with it and starts a refresh beside the request.
+    assert_eq!(store(&s, &token, &acme(200)).status().as_u16(), 201);
+    let body: Value = get(&s, &token, "/vault/token/pf_1/acme").json().unwrap();
+    assert_eq!(body["access_token"], "at-original");
+    wait_until("the refresh to start", || fake.refresh_calls() == 1);
+    s.signal("-TERM");
+    assert!(s.wait().success(), "graceful exit: {}", s.logs());
+
+    fake.set_delay(Duration::ZERO);
+    let s = start(dir.path(), &envs).unwrap();
+    let body: Value = get(&s, &token, "/vault/token/pf_1/acme").json().unwrap();
+    assert_eq!(body["access_token"], "at-refreshed-1");
+    assert_eq!(fake.refresh_calls(), 1);
+}
+
+#[test]
 fn a_dead_grant_is_announced_by_a_signed_webhook() {
     let dir = tempfile::tempdir().unwrap();
     let fake = vault_test_support::FakeProvider::start();
@@ -830,6 +861,17 @@ fn an_import_that_fails_while_writing_leaves_nothing_behind() {
     let (code, err) = import(dir.path(), &[&first]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(secret_count(dir.path()), 1);
+    // The usage log names each imported address.
+    let imported: i64 = rusqlite::Connection::open(dir.path().join("vault-data/vault.db"))
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM audit_log
+             WHERE project = 'pf_0' AND platform = 'x' AND action = 'store'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(imported, 1);
 
     // The database refuses the third line's row, as a full disk or a key
     // service refusing halfway would.

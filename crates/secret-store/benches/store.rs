@@ -51,7 +51,8 @@ fn store(c: &mut Criterion) {
         .block_on(SqliteStore::open(&dir.path().join("vault.db")))
         .unwrap();
     let batch: Vec<SecretWrite> = (0..10_000).map(|i| write(i, 1)).collect();
-    rt.block_on(store.put_new_batch(batch, record())).unwrap();
+    rt.block_on(store.put_new_batch(batch, vec![record()]))
+        .unwrap();
     let mut i = 0usize;
     c.bench_function("get (10,000 stored)", |b| {
         b.iter(|| {

@@ -142,8 +142,12 @@ impl SecretStore for FaultyStore {
             .await
     }
 
-    async fn put_new_batch(&self, writes: Vec<SecretWrite>, audit: AuditRecord) -> Result<()> {
-        self.call(self.inner.put_new_batch(writes, audit)).await
+    async fn put_new_batch(
+        &self,
+        writes: Vec<SecretWrite>,
+        audits: Vec<AuditRecord>,
+    ) -> Result<()> {
+        self.call(self.inner.put_new_batch(writes, audits)).await
     }
 
     async fn update_state(

@@ -466,13 +466,15 @@ impl AuditPage {
     }
 
     /// The lowest sequence number a scan of `q` examines, given the newest
-    /// record `head`: at most `q.scan` numbers below the cursor.
+    /// record `head`: at most `q.scan` numbers below the cursor, or below
+    /// the newest record when the cursor is past it (a cursor far above
+    /// would otherwise take endless empty pages to come down).
     pub(crate) fn floor(q: &AuditQuery, head: Option<i64>) -> Option<i64> {
         let scan = i64::from(q.scan?);
-        let top = match q.before_seq {
-            Some(before) => before,
-            None => head?.saturating_add(1),
-        };
+        let after_head = head?.saturating_add(1);
+        let top = q
+            .before_seq
+            .map_or(after_head, |before| before.min(after_head));
         Some(top.saturating_sub(scan))
     }
 }

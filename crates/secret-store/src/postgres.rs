@@ -863,7 +863,11 @@ impl SecretStore for PostgresStore {
             .await
     }
 
-    async fn put_new_batch(&self, writes: Vec<SecretWrite>, audit: AuditRecord) -> Result<()> {
+    async fn put_new_batch(
+        &self,
+        writes: Vec<SecretWrite>,
+        audits: Vec<AuditRecord>,
+    ) -> Result<()> {
         let mut client = self.inner.client().await?;
         let tx = client.transaction().await?;
         for w in &writes {
@@ -878,7 +882,9 @@ impl SecretStore for PostgresStore {
                 });
             }
         }
-        self.records(&tx, &audit, None).await?;
+        // Last: the usage-log lock is held from here to the commit only.
+        let records: Vec<&AuditRecord> = audits.iter().collect();
+        insert_audits(&tx, &records, self.inner.audit_mac().as_deref()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1253,16 +1259,11 @@ impl SecretStore for PostgresStore {
         // it stands.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
             .await?;
-        // At most `limit` chained records from the oldest on (and any from
-        // before the chain began, which are all older).
+        // At most `limit` records from the oldest on.
         let first: Option<i64> = tx
-            .query_opt(
-                "SELECT seq FROM audit_log WHERE mac IS NOT NULL ORDER BY seq LIMIT 1",
-                &[],
-            )
+            .query_one("SELECT MIN(seq) FROM audit_log", &[])
             .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
+            .try_get(0)?;
         let Some(first) = first else {
             return Ok(None);
         };
@@ -1279,8 +1280,15 @@ impl SecretStore for PostgresStore {
         };
         let seq: i64 = last.try_get(0)?;
         let Some(record_mac): Option<Vec<u8>> = last.try_get(1)? else {
-            // Only records from before the chain began.
-            return Ok(None);
+            // Records from before the chain began (all older than the
+            // chained ones): outside the chain, they go without a checkpoint.
+            tx.execute(
+                "DELETE FROM audit_log WHERE seq <= $1 AND mac IS NULL",
+                &[&seq],
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Some(seq));
         };
         let at_ms = ms(now);
         let version = mac_version(mac.as_ref());

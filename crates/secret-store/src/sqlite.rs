@@ -566,15 +566,8 @@ fn prune_tx(
     now: OffsetDateTime,
 ) -> Result<Option<i64>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // At most `limit` chained records from the oldest on (and any from
-    // before the chain began, which are all older).
-    let first: Option<i64> = tx
-        .query_row(
-            "SELECT seq FROM audit_log WHERE mac IS NOT NULL ORDER BY seq LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
+    // At most `limit` records from the oldest on.
+    let first: Option<i64> = tx.query_row("SELECT MIN(seq) FROM audit_log", [], |r| r.get(0))?;
     let Some(first) = first else {
         return Ok(None);
     };
@@ -587,9 +580,18 @@ fn prune_tx(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    let Some((seq, Some(record_mac))) = last else {
-        // Nothing old enough, or only records from before the chain began.
+    let Some((seq, record_mac)) = last else {
         return Ok(None);
+    };
+    let Some(record_mac) = record_mac else {
+        // Records from before the chain began (all older than the chained
+        // ones): outside the chain, they go without a checkpoint.
+        tx.execute(
+            "DELETE FROM audit_log WHERE seq <= ?1 AND mac IS NULL",
+            params![seq],
+        )?;
+        tx.commit()?;
+        return Ok(Some(seq));
     };
     let at_ms = ms(now);
     let version = mac_version(mac);
@@ -886,7 +888,7 @@ fn put_tx(
 fn put_new_batch_tx(
     conn: &mut Connection,
     writes: &[SecretWrite],
-    audit: &AuditRecord,
+    audits: &[AuditRecord],
     mac: Option<&dyn AuditMac>,
 ) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -902,7 +904,9 @@ fn put_new_batch_tx(
         }
         write_secret(&tx, w)?;
     }
-    commit_with_records(tx, audit, None, mac)
+    insert_audits(&tx, audits, mac)?;
+    tx.commit()?;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1267,8 +1271,12 @@ impl SecretStore for SqliteStore {
         .await
     }
 
-    async fn put_new_batch(&self, writes: Vec<SecretWrite>, audit: AuditRecord) -> Result<()> {
-        self.with_writer(move |c, mac| put_new_batch_tx(c, &writes, &audit, mac))
+    async fn put_new_batch(
+        &self,
+        writes: Vec<SecretWrite>,
+        audits: Vec<AuditRecord>,
+    ) -> Result<()> {
+        self.with_writer(move |c, mac| put_new_batch_tx(c, &writes, &audits, mac))
             .await
     }
 

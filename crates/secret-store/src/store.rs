@@ -38,10 +38,12 @@ pub trait SecretStore: Debug + Send + Sync + 'static {
     ) -> Result<()>;
 
     /// Stores many new secrets (each version 1, none stored yet) in one
-    /// transaction with one usage record describing the batch: all or
-    /// nothing ([`Error::Conflict`](crate::Error::Conflict) if one exists).
-    /// For bulk imports and loading benchmarks.
-    async fn put_new_batch(&self, writes: Vec<SecretWrite>, audit: AuditRecord) -> Result<()>;
+    /// transaction with `audits` appended in order (a usage record per
+    /// secret, or one describing the batch): all or nothing
+    /// ([`Error::Conflict`](crate::Error::Conflict) if one exists). For bulk
+    /// imports and loading benchmarks.
+    async fn put_new_batch(&self, writes: Vec<SecretWrite>, audits: Vec<AuditRecord>)
+    -> Result<()>;
 
     /// Updates the status and refresh bookkeeping of the secret at
     /// `address` without a new version, if its version is still `expected`

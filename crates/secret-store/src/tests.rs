@@ -773,6 +773,23 @@ async fn audit_records_before_the_chain_are_counted_apart(fx: Fx) {
         .unwrap();
     let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!((v.unchained, v.verified, v.problem), (1, 1, None));
+
+    // Retention takes the unchained record first, in its own chunk and
+    // without a checkpoint, then the chained one; the log still verifies.
+    let before = T0 + Duration::days(1);
+    assert_eq!(
+        store.prune_audit(before, i64::MAX, 1).await.unwrap(),
+        Some(1)
+    );
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
+    assert_eq!((v.unchained, v.verified, v.problem), (0, 1, None));
+    assert_eq!(
+        store.prune_audit(before, i64::MAX, 1).await.unwrap(),
+        Some(2)
+    );
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
+    assert_eq!((v.problem, v.pruned_through), (None, Some(2)));
+    assert_eq!(store.prune_audit(before, i64::MAX, 1).await.unwrap(), None);
 }
 
 async fn audit_query_filters_and_pages(fx: Fx) {
@@ -845,6 +862,20 @@ async fn audit_query_filters_and_pages(fx: Fx) {
         assert_eq!(found, want, "{project}");
         assert_eq!(sizes.len(), 3, "6 records, 2 examined per page: {sizes:?}");
     }
+    // A cursor far past the newest record starts from the newest.
+    let page = store
+        .query_audit(AuditQuery {
+            limit: 100,
+            scan: Some(2),
+            before_seq: Some(i64::MAX),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [6, 5]
+    );
     assert_eq!(store.audit_cursor("forward").await.unwrap(), 0);
     store.set_audit_cursor("forward", 4).await.unwrap();
     store.set_audit_cursor("forward", 2).await.unwrap();

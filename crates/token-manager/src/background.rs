@@ -124,6 +124,9 @@ impl TokenManager {
                         let in_flight = Arc::clone(&in_flight);
                         let permits = Arc::clone(&permits);
                         let delay = jitter(config.max_jitter);
+                        this.inner
+                            .claimed
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         tokio::spawn(async move {
                             // Forgets the address even if the refresh panics.
                             let _forget = OnDrop(Some(|| {
@@ -131,8 +134,16 @@ impl TokenManager {
                                     .lock()
                                     .unwrap_or_else(|e| e.into_inner())
                                     .remove(&address);
+                                this.inner
+                                    .claimed
+                                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                             }));
-                            tokio::time::sleep(delay).await;
+                            // A stop cuts the jitter short: the claim is
+                            // released below instead of held to its end.
+                            tokio::select! {
+                                () = tokio::time::sleep(delay) => {}
+                                () = this.inner.stop.notified() => {}
+                            }
                             if let Ok(_permit) = permits.acquire().await
                                 && !this.is_stopping()
                             {

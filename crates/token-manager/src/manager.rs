@@ -89,8 +89,13 @@ pub(crate) struct Inner {
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     /// Wakes background loops when stopping.
     pub(crate) stop: tokio::sync::Notify,
-    /// Refreshes between their provider call and the end of their write.
+    /// Refreshes between taking their lease and the end of their write.
     pub(crate) refreshing: std::sync::atomic::AtomicUsize,
+    /// Tokens the background refresher claimed and has not released yet.
+    pub(crate) claimed: std::sync::atomic::AtomicUsize,
+    /// The runtime the manager was built on (a server's main runtime), for
+    /// refreshes spawned from request handlers.
+    pub(crate) spawner: Option<tokio::runtime::Handle>,
 }
 
 /// The token manager's own metrics.
@@ -200,6 +205,8 @@ impl TokenManagerBuilder {
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 stop: tokio::sync::Notify::new(),
                 refreshing: std::sync::atomic::AtomicUsize::new(0),
+                claimed: std::sync::atomic::AtomicUsize::new(0),
+                spawner: tokio::runtime::Handle::try_current().ok(),
             }),
         }
     }
@@ -487,24 +494,35 @@ impl TokenManager {
     }
 
     /// Stores many tokens at addresses that hold nothing yet, in one
-    /// transaction with one usage record (for bulk imports and loading
+    /// transaction with one usage record describing the batch (for loading
     /// benchmarks): all or nothing. Returns how many were stored.
     pub async fn store_new_batch(
         &self,
         ctx: &RequestContext,
         requests: Vec<StoreRequest>,
     ) -> Result<u64> {
-        self.store_new_batch_with_progress(ctx, requests, |_| {})
-            .await
+        self.put_batch(ctx, requests, false, |_| {}).await
     }
 
-    /// [`TokenManager::store_new_batch`], calling `sealed(n)` after the
-    /// `n`th token is sealed (sealing is the slow part with a key service),
-    /// for progress reports.
-    pub async fn store_new_batch_with_progress(
+    /// Imports many tokens at addresses that hold nothing yet, in one
+    /// transaction with a usage record for each address (so the usage log
+    /// shows what was imported where): all or nothing. Calls `sealed(n)`
+    /// after the `n`th token is sealed (sealing is the slow part with a key
+    /// service), for progress reports. Returns how many were stored.
+    pub async fn import_batch(
         &self,
         ctx: &RequestContext,
         requests: Vec<StoreRequest>,
+        sealed: impl FnMut(u64) + Send,
+    ) -> Result<u64> {
+        self.put_batch(ctx, requests, true, sealed).await
+    }
+
+    async fn put_batch(
+        &self,
+        ctx: &RequestContext,
+        requests: Vec<StoreRequest>,
+        record_each: bool,
         mut sealed: impl FnMut(u64) + Send,
     ) -> Result<u64> {
         let now = self.now();
@@ -518,15 +536,31 @@ impl TokenManager {
             sealed(writes.len() as u64);
         }
         let n = writes.len() as u64;
-        let record = audit_record(
-            now,
-            ctx,
-            AuditAction::Store,
-            None,
-            AuditOutcome::Success,
-            Some(&format!("batch of {n} new secrets")),
-        );
-        self.inner.store.put_new_batch(writes, record).await?;
+        let records = if record_each {
+            writes
+                .iter()
+                .map(|w| {
+                    audit_record(
+                        now,
+                        ctx,
+                        AuditAction::Store,
+                        Some(&w.address),
+                        AuditOutcome::Success,
+                        Some("imported"),
+                    )
+                })
+                .collect()
+        } else {
+            vec![audit_record(
+                now,
+                ctx,
+                AuditAction::Store,
+                None,
+                AuditOutcome::Success,
+                Some(&format!("batch of {n} new secrets")),
+            )]
+        };
+        self.inner.store.put_new_batch(writes, records).await?;
         Ok(n)
     }
 

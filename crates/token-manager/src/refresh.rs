@@ -191,6 +191,10 @@ impl TokenManager {
         stored: StoredSecret,
         token: SealedToken,
     ) -> Result<(StoredSecret, SealedToken)> {
+        // Counted from here to the end of the write: a graceful stop waits
+        // for it, because the provider may rotate the refresh token the
+        // moment it answers.
+        let _busy = self.refreshing();
         let address = stored.address.clone();
         let platform = platform.to_owned();
         let stashed = self
@@ -209,9 +213,12 @@ impl TokenManager {
         let Some(refresh_token) = token.refresh_token.clone() else {
             return Err(Error::NotRefreshable { platform });
         };
-        // Counted until written: a graceful stop waits for it, because the
-        // provider may rotate the refresh token the moment it answers.
-        let _busy = self.refreshing();
+        // Stopping: no new provider call, whose answer might not be written
+        // in time. (Counted before this check, and the stop sets its flag
+        // before it counts: one of the two sees the other.)
+        if self.is_stopping() {
+            return Err(Error::RefreshRateLimited { platform });
+        }
         let started = std::time::Instant::now();
         let result = provider.refresh(&refresh_token, &token.scopes).await;
         let metrics = &self.inner.metrics;
@@ -566,7 +573,7 @@ impl TokenManager {
         }
         let this = self.clone();
         let address = address.clone();
-        tokio::spawn(async move {
+        let task = async move {
             // Forgets the address even if the refresh panics.
             let _forget = OnDrop(Some(|| {
                 this.inner
@@ -579,7 +586,14 @@ impl TokenManager {
             if let Err(e) = this.refresh_locked(&ctx, &address, seen_version).await {
                 tracing::debug!(address = %address, error = %e, "background refresh did not succeed");
             }
-        });
+        };
+        // On the runtime the manager was built on, not the caller's: a
+        // server's HTTP workers each run their own, which ends (cancelling
+        // what it runs) when the worker stops.
+        match &self.inner.spawner {
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
     }
 
     /// Refreshes `address` if its refresh is (still) due; for the
@@ -819,8 +833,9 @@ impl TokenManager {
 
     /// Stops gracefully: no new background refresh starts, refreshes whose
     /// provider call is under way are waited for (at most `wait`) so their
-    /// tokens are written, and tokens refreshed earlier that the store
-    /// refused get one more try. Returns how many refreshed tokens are
+    /// tokens are written, tokens the background refresher claimed but had
+    /// not started give their leases back, and tokens refreshed earlier that
+    /// the store refused get one more try. Returns how many refreshed tokens are
     /// still not stored (logged as an error: with providers that rotate
     /// refresh tokens, those connections may need re-authorization).
     ///
@@ -831,7 +846,9 @@ impl TokenManager {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.stop.notify_waiters();
         let until = std::time::Instant::now() + wait;
-        while self.inner.refreshing.load(Ordering::SeqCst) > 0 {
+        while self.inner.refreshing.load(Ordering::SeqCst) > 0
+            || self.inner.claimed.load(Ordering::SeqCst) > 0
+        {
             if std::time::Instant::now() >= until {
                 tracing::warn!(
                     in_flight = self.inner.refreshing.load(Ordering::SeqCst),

@@ -17,7 +17,9 @@
 //! Errors come back as [`Error`] variants an engine can act on
 //! (`ReauthRequired`, `InsufficientScope`, …). Answers 503 and 429 are
 //! retried with exponential backoff (honouring `Retry-After`, capped), up to
-//! a configurable number of times.
+//! a configurable number of times: always for reads, and for stores and
+//! deletes only when the answer says nothing was written (see
+//! [`VaultClient::with_retries`]).
 
 use std::time::Duration;
 

@@ -170,6 +170,12 @@ pub(crate) fn check_cursor(
     }
 }
 
+/// The last sequence number one retention chunk may reach: `limit` records
+/// from the oldest, `first`, and none past `max_seq`.
+pub(crate) fn prune_upto(first: i64, max_seq: i64, limit: u32) -> i64 {
+    max_seq.min(first.saturating_add(i64::from(limit.max(1)) - 1))
+}
+
 pub(crate) fn mac_version(mac: &dyn AuditMac) -> Option<i64> {
     Some(i64::from(mac.version()))
 }

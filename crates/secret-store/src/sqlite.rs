@@ -14,7 +14,7 @@ use vault_types::SecretAddress;
 
 use crate::chain::{
     Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, chain_position,
-    check_cursor, checkpoint_signature, from_ms, mac_version, ms, verify_rows,
+    check_cursor, checkpoint_signature, from_ms, mac_version, ms, prune_upto, verify_rows,
 };
 use crate::group::{self, Batch, Pending, PutJob, Reply};
 use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
@@ -571,7 +571,7 @@ fn prune_tx(
     let Some(first) = first else {
         return Ok(None);
     };
-    let upto = max_seq.min(first.saturating_add(i64::from(limit.max(1)) - 1));
+    let upto = prune_upto(first, max_seq, limit);
     let last: Option<(i64, Option<Vec<u8>>)> = tx
         .query_row(
             "SELECT seq, mac FROM audit_log WHERE at_ms < ?1 AND seq <= ?2

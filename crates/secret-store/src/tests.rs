@@ -715,6 +715,18 @@ async fn chained(fx: &Fx, n: usize) -> Arc<dyn SecretStore> {
     store
 }
 
+/// `n` chained records, record `i + 1` written on day `i` after `T0`.
+async fn chained_daily(fx: &Fx, n: i64) -> Arc<dyn SecretStore> {
+    let store = Arc::clone(&fx.store);
+    store.chain_audit(Arc::new(TestMac));
+    for i in 0..n {
+        let mut r = audit(AuditAction::Read, &format!("p{i}"));
+        r.at = T0 + Duration::days(i);
+        store.append_audit(r).await.unwrap();
+    }
+    store
+}
+
 async fn audit_chain_verifies_when_untouched(fx: Fx) {
     let store = chained(&fx, 6).await;
     let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
@@ -890,13 +902,7 @@ async fn audit_query_filters_and_pages(fx: Fx) {
 }
 
 async fn retention_prunes_and_leaves_a_verifiable_checkpoint(fx: Fx) {
-    let store = Arc::clone(&fx.store);
-    store.chain_audit(Arc::new(TestMac));
-    for i in 0..10i64 {
-        let mut r = audit(AuditAction::Read, &format!("p{i}"));
-        r.at = T0 + Duration::days(i);
-        store.append_audit(r).await.unwrap();
-    }
+    let store = chained_daily(&fx, 10).await;
     // Older than day 6, but nothing past record 4 (not yet delivered).
     let pruned = store
         .prune_audit(T0 + Duration::days(6), 4, 10_000)
@@ -939,13 +945,7 @@ async fn retention_prunes_and_leaves_a_verifiable_checkpoint(fx: Fx) {
 }
 
 async fn retention_prunes_in_chunks_each_leaving_a_verifiable_checkpoint(fx: Fx) {
-    let store = Arc::clone(&fx.store);
-    store.chain_audit(Arc::new(TestMac));
-    for i in 0..10i64 {
-        let mut r = audit(AuditAction::Read, &format!("p{i}"));
-        r.at = T0 + Duration::days(i);
-        store.append_audit(r).await.unwrap();
-    }
+    let store = chained_daily(&fx, 10).await;
     // Records 1..=8 are old enough; three per call.
     let before = T0 + Duration::days(8);
     let mut cuts = Vec::new();

@@ -499,26 +499,32 @@ fn tokens_due_while_the_vault_was_down_are_refreshed_after_start() {
     );
 }
 
-#[test]
-fn a_graceful_stop_writes_a_refresh_under_way() {
+/// Stops the vault with SIGTERM while a refresh is waiting for its
+/// provider (which rotates the refresh token when it takes the call, and
+/// answers 1.5 s later), restarts it, and checks that the answer was
+/// written before the process ended: the refreshed token is served and the
+/// provider is not called again. The token is stored with `expires_in`;
+/// with `read_first` a read starts the refresh, else the background
+/// refresher does.
+fn stop_during_a_refresh(extra_env: &[(&str, &str)], expires_in: u64, read_first: bool) {
     let dir = tempfile::tempdir().unwrap();
     let fake = vault_test_support::FakeProvider::start();
     fake.set_expires_in(Some(3600));
-    // The provider rotates the refresh token when it takes the call, and
-    // answers 1.5 s later.
     fake.set_delay(Duration::from_millis(1500));
     let config = lifecycle_config(dir.path(), &fake);
-    let envs = [("VAULT_CONFIG", config.to_str().unwrap())];
+    let mut envs = vec![("VAULT_CONFIG", config.to_str().unwrap())];
+    envs.extend_from_slice(extra_env);
     let mut s = start(dir.path(), &envs).unwrap();
     let token = dev_token(dir.path());
-    assert_eq!(store(&s, &token, &acme(2)).status().as_u16(), 201);
-    // Due at once: the background refresher calls the provider.
+    assert_eq!(store(&s, &token, &acme(expires_in)).status().as_u16(), 201);
+    if read_first {
+        let body: Value = get(&s, &token, "/vault/token/pf_1/acme").json().unwrap();
+        assert_eq!(body["access_token"], "at-original");
+    }
     wait_until("the refresh to start", || fake.refresh_calls() == 1);
     s.signal("-TERM");
     assert!(s.wait().success(), "graceful exit: {}", s.logs());
 
-    // The answer was written before the process ended: after a restart the
-    // refreshed token is served, and the provider is not called again.
     fake.set_delay(Duration::ZERO);
     let s = start(dir.path(), &envs).unwrap();
     let body: Value = get(&s, &token, "/vault/token/pf_1/acme").json().unwrap();
@@ -527,34 +533,24 @@ fn a_graceful_stop_writes_a_refresh_under_way() {
 }
 
 #[test]
-fn a_graceful_stop_writes_a_refresh_a_read_started() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = vault_test_support::FakeProvider::start();
-    fake.set_expires_in(Some(3600));
-    fake.set_delay(Duration::from_millis(1500));
-    let config = lifecycle_config(dir.path(), &fake);
-    // No background refresher: only the read starts the refresh.
-    let envs = [
-        ("VAULT_CONFIG", config.to_str().unwrap()),
-        ("VAULT__REFRESH__BACKGROUND", "false"),
-        ("VAULT__REFRESH__MARGIN_RATIO", "1.0"),
-    ];
-    let mut s = start(dir.path(), &envs).unwrap();
-    let token = dev_token(dir.path());
-    // Valid for 200 s and due at once (a margin of its whole lifetime): a
-    // read answers with it and starts a refresh beside the request.
-    assert_eq!(store(&s, &token, &acme(200)).status().as_u16(), 201);
-    let body: Value = get(&s, &token, "/vault/token/pf_1/acme").json().unwrap();
-    assert_eq!(body["access_token"], "at-original");
-    wait_until("the refresh to start", || fake.refresh_calls() == 1);
-    s.signal("-TERM");
-    assert!(s.wait().success(), "graceful exit: {}", s.logs());
+fn a_graceful_stop_writes_a_refresh_under_way() {
+    // Due at once: the background refresher calls the provider.
+    stop_during_a_refresh(&[], 2, false);
+}
 
-    fake.set_delay(Duration::ZERO);
-    let s = start(dir.path(), &envs).unwrap();
-    let body: Value = get(&s, &token, "/vault/token/pf_1/acme").json().unwrap();
-    assert_eq!(body["access_token"], "at-refreshed-1");
-    assert_eq!(fake.refresh_calls(), 1);
+#[test]
+fn a_graceful_stop_writes_a_refresh_a_read_started() {
+    // No background refresher, and a token valid for 200 s but due at once
+    // (a margin of its whole lifetime): a read answers with it and starts a
+    // refresh beside the request.
+    stop_during_a_refresh(
+        &[
+            ("VAULT__REFRESH__BACKGROUND", "false"),
+            ("VAULT__REFRESH__MARGIN_RATIO", "1.0"),
+        ],
+        200,
+        true,
+    );
 }
 
 #[test]

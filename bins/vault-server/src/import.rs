@@ -79,10 +79,11 @@ pub fn run(config_path: Option<&Path>, file: &Path, options: ImportOptions) -> E
             let mut first_line = std::collections::HashMap::new();
             let mut repeated = 0usize;
             for (n, request) in &good {
-                if let Some(first) = first_line.insert(&request.address, *n) {
+                // Each repeat is named against the line that came first.
+                let first = *first_line.entry(&request.address).or_insert(*n);
+                if first != *n {
                     repeated += 1;
                     eprintln!("line {n}: the same address as line {first}");
-                    first_line.insert(&request.address, first);
                 }
             }
             if repeated > 0 {

@@ -124,10 +124,7 @@ impl AwsKmsProvider {
                 keys.push((id, old.clone()));
             }
         }
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .build()
-            .map_err(|e| Error::Kms(format!("http client: {e}")))?;
+        let http = crate::http::client(config.timeout).map_err(Error::Kms)?;
         Ok(Self {
             config,
             keys,
@@ -180,12 +177,11 @@ impl AwsKmsProvider {
             })?;
         if !status.is_success() {
             let err: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or_default();
-            let mut message = format!(
+            let message = format!(
                 "{operation} at {} answered {status}: {} {}",
                 self.config.endpoint, err.kind, err.message
             );
-            message.truncate(300);
-            return Err(Error::Kms(message.trim_end().to_owned()));
+            return Err(Error::Kms(crate::http::short_message(message)));
         }
         serde_json::from_slice(&bytes).map_err(|_| {
             Error::Kms(format!(

@@ -194,6 +194,12 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     file.sync_all().map_err(io_error(&tmp))?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(io_error(path))?;
+    sync_parent(path)
+}
+
+/// Syncs the directory holding `path`, so that a file created or renamed
+/// there survives a crash along with its contents.
+fn sync_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -322,7 +328,8 @@ impl LocalKeyProvider {
 
     /// Reads the key file at `path`. When the file does not exist and
     /// `create` is true, a new random key is written there first (mode
-    /// 0600, created exclusively, synced to disk).
+    /// 0600, created exclusively, synced to disk with its directory entry:
+    /// values sealed under it must never outlive the file).
     pub fn from_file(path: &Path, create: bool) -> Result<Self> {
         if create && !path.exists() {
             let bytes = random_key()?;
@@ -336,6 +343,7 @@ impl LocalKeyProvider {
             file.write_all(encoded.as_bytes())
                 .and_then(|()| file.sync_all())
                 .map_err(io_error(path))?;
+            sync_parent(path)?;
             tracing::info!(path = %path.display(), "generated a new master key file");
         }
         let keys = Self::read_file(path)?;

@@ -107,10 +107,7 @@ impl TransitProvider {
                 crate::envelope::MAX_KEY_ID_LEN - (longest - config.key_name.len())
             )));
         }
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .build()
-            .map_err(|e| Error::Kms(format!("http client: {e}")))?;
+        let http = crate::http::client(config.timeout).map_err(Error::Kms)?;
         let provider = Self {
             config,
             http,
@@ -156,13 +153,12 @@ impl TransitProvider {
             })?;
         if !status.is_success() {
             let errors: Errors = serde_json::from_slice(&bytes).unwrap_or_default();
-            let mut message = format!(
+            let message = format!(
                 "transit {what} at {} answered {status}: {}",
                 self.config.address,
                 errors.errors.join("; ")
             );
-            message.truncate(300);
-            return Err(Error::Kms(message.trim_end().to_owned()));
+            return Err(Error::Kms(crate::http::short_message(message)));
         }
         if bytes.is_empty() {
             return Ok(None);

@@ -1,7 +1,10 @@
-//! A key service that answers with an endless or oversized body is not
-//! read to the end: the providers stop at a fixed cap and fail with a
-//! clear error. The server here is a plain loopback HTTP/1.1 server that
-//! counts how much of its answer the client took.
+//! Key services that answer badly: an endless or oversized body is not
+//! read to the end (the providers stop at a fixed cap and fail with a
+//! clear error), a redirect is not followed (it would carry the token and
+//! the data key to another host), and an error text in any UTF-8 is cut
+//! short without a panic. The server here is a plain loopback HTTP/1.1
+//! server that counts the requests it got and how much of its answer the
+//! client took.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -22,18 +25,22 @@ use zeroize::Zeroizing;
 const OFFERED: usize = 256 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Answer {
     /// `Transfer-Encoding: chunked`, no length given, `{"a":"aaaa…` forever.
     Endless,
     /// A `Content-Length` of this many bytes, which are then sent.
     Declared(usize),
+    /// This whole answer, head and body.
+    Raw(String),
 }
 
 struct Server {
     url: String,
     /// Body bytes the server managed to write before the client hung up.
     written: Arc<AtomicUsize>,
+    /// Requests received.
+    requests: Arc<AtomicUsize>,
 }
 
 fn read_request(stream: &mut TcpStream) {
@@ -69,14 +76,23 @@ fn serve(answer: Answer) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let written = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&written);
+    let received = Arc::clone(&requests);
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
             let counter = Arc::clone(&counter);
+            let received = Arc::clone(&received);
+            let answer = answer.clone();
             thread::spawn(move || {
                 read_request(&mut stream);
-                let head = match answer {
+                received.fetch_add(1, Ordering::SeqCst);
+                let head = match &answer {
+                    Answer::Raw(whole) => {
+                        let _ = stream.write_all(whole.as_bytes());
+                        return;
+                    }
                     Answer::Endless => "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
                                         transfer-encoding: chunked\r\n\r\n"
                         .to_owned(),
@@ -91,6 +107,7 @@ fn serve(answer: Answer) -> Server {
                 let total = match answer {
                     Answer::Endless => OFFERED,
                     Answer::Declared(n) => n,
+                    Answer::Raw(_) => 0,
                 };
                 let mut chunk = vec![b'a'; CHUNK];
                 chunk[..6].copy_from_slice(b"{\"a\":\"");
@@ -102,7 +119,7 @@ fn serve(answer: Answer) -> Server {
                             .write_all(format!("{:x}\r\n", part.len()).as_bytes())
                             .and_then(|()| stream.write_all(part))
                             .and_then(|()| stream.write_all(b"\r\n")),
-                        Answer::Declared(_) => stream.write_all(part),
+                        Answer::Declared(_) | Answer::Raw(_) => stream.write_all(part),
                     };
                     if ok.is_err() {
                         break;
@@ -113,7 +130,11 @@ fn serve(answer: Answer) -> Server {
             });
         }
     });
-    Server { url, written }
+    Server {
+        url,
+        written,
+        requests,
+    }
 }
 
 fn kms(url: &str) -> AwsKmsProvider {
@@ -203,4 +224,85 @@ async fn answers_under_the_cap_are_read_and_judged_on_their_content() {
     let text = err.to_string();
     assert!(text.contains("unexpected body"), "{text}");
     assert_eq!(server.written.load(Ordering::SeqCst), 1024 * 1024 - 1);
+}
+
+/// An answer of `status` with a JSON `body`.
+fn answer(status: &str, body: &str) -> Answer {
+    Answer::Raw(format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// A server that sends every request on to `target` with a 307, which
+/// keeps the method and the body.
+fn redirecting_to(target: &Server) -> Server {
+    serve(Answer::Raw(format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nlocation: {}/\r\n\
+         content-length: 0\r\nconnection: close\r\n\r\n",
+        target.url
+    )))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_with_the_data_key_or_the_token() {
+    let elsewhere = serve(answer("200 OK", "{}"));
+    let server = redirecting_to(&elsewhere);
+    let err = kms(&server.url)
+        .wrap(&DataKey::generate().unwrap())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("307") && text.contains("not followed"),
+        "{text}"
+    );
+    let err = TransitProvider::connect(transit(&server.url))
+        .await
+        .expect_err("a redirect is not a key");
+    let text = err.to_string();
+    assert!(
+        text.contains("307") && text.contains("not followed"),
+        "{text}"
+    );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        elsewhere.requests.load(Ordering::SeqCst),
+        0,
+        "the other host was asked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_text_in_any_utf8_is_cut_short_without_a_panic() {
+    // Two- and three-byte characters, shifted by one and two bytes, so
+    // that the cut falls inside a character at least once.
+    for pad in ["", "x", "xx"] {
+        let text = format!("{pad}{}", "é€".repeat(200));
+        let kms_body = serde_json::json!({"__type": "KMSInternalException", "message": text});
+        let server = serve(answer("400 Bad Request", &kms_body.to_string()));
+        let err = kms(&server.url)
+            .wrap(&DataKey::generate().unwrap())
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("400") && message.contains("é€"),
+            "{message}"
+        );
+        assert!(message.len() < 400, "{}", message.len());
+
+        let transit_body = serde_json::json!({"errors": [text]});
+        let server = serve(answer("400 Bad Request", &transit_body.to_string()));
+        let err = TransitProvider::connect(transit(&server.url))
+            .await
+            .expect_err("an error is not a key");
+        let message = err.to_string();
+        assert!(
+            message.contains("400") && message.contains("é€"),
+            "{message}"
+        );
+        assert!(message.len() < 400, "{}", message.len());
+    }
 }

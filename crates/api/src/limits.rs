@@ -271,13 +271,18 @@ impl Limiter {
     }
 
     /// Ends an authentication that reached no decision (the resolver was
-    /// unavailable): it counts neither way.
+    /// unavailable, or the client hung up): it counts neither way, and a
+    /// key with nothing else counted is forgotten (otherwise every
+    /// undecided attempt under a new engine id would stay in the table).
     pub(crate) fn abandon(&self, keys: &[String]) {
         let mut table = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let map = &mut table.entries;
         for key in keys {
             if let Some(f) = map.get_mut(key) {
                 f.in_flight = f.in_flight.saturating_sub(1);
+                if f.count == 0 && f.in_flight == 0 && f.locked_until.is_none() {
+                    map.remove(key);
+                }
             }
         }
     }
@@ -473,6 +478,33 @@ mod tests {
         l.attempt(k.clone()).unwrap().succeed();
         let table = l.failures.lock().unwrap();
         assert!(table.entries.values().all(|f| f.in_flight == 0));
+    }
+
+    #[test]
+    fn undecided_attempts_under_new_ids_leave_nothing_behind() {
+        let l = limiter(3, 0, 1);
+        for i in 0..1_000 {
+            let k = keys(Some(&format!("engine-{i}")), "10.0.0.1".parse().ok());
+            if i % 2 == 0 {
+                l.attempt(k).unwrap().abandon();
+            } else {
+                drop(l.attempt(k).unwrap());
+            }
+        }
+        assert!(l.failures.lock().unwrap().entries.is_empty());
+        // A key with failures counted keeps them through an undecided
+        // attempt.
+        let k = keys(Some("execution"), "10.0.0.1".parse().ok());
+        assert!(!l.attempt(k.clone()).unwrap().fail());
+        l.attempt(k.clone()).unwrap().abandon();
+        let table = l.failures.lock().unwrap();
+        assert_eq!(table.entries.len(), 2);
+        assert!(
+            table
+                .entries
+                .values()
+                .all(|f| f.count == 1 && f.in_flight == 0)
+        );
     }
 
     #[test]

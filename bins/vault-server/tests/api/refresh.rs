@@ -273,9 +273,27 @@ async fn metrics_and_readiness() {
         404
     );
 
+    // Methods outside the standard ones share one label, however many.
+    for i in 0..3 {
+        let method = Method::from_bytes(format!("PROBE{i}").as_bytes()).unwrap();
+        let res = app
+            .client
+            .request(method, app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_client_error(), "{}", res.status());
+    }
+
     let res = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
     let text = res.text().await.unwrap();
+    assert!(!text.contains("PROBE"), "a label per method:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("method=\"OTHER\"") && l.ends_with(" 3")),
+        "{text}"
+    );
     for needle in [
         "vault_http_requests_total{route=\"/vault/token/{project}/{platform}\",method=\"GET\",status=\"200\"} 1",
         "vault_http_requests_total{route=\"/vault/token/{project}/{platform}\",method=\"GET\",status=\"404\"} 1",

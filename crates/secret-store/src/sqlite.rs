@@ -252,8 +252,17 @@ impl Default for SqliteOptions {
 }
 
 /// Applies one store inside the batch's transaction, in a savepoint: a
-/// conflict or error undoes this store alone.
-fn put_in_savepoint(tx: &Transaction<'_>, job: &PutJob, mac: Option<&dyn AuditMac>) -> Result<()> {
+/// conflict or error undoes this store alone (the inner result). The outer
+/// error ends the whole batch: the savepoint itself failed, or SQLite
+/// rolled back the batch's transaction on its own (it may, on a full disk,
+/// an I/O error or out of memory). Going on then would run the next
+/// stores and the usage records outside any transaction, each committed
+/// alone, while their callers hear that the batch failed.
+fn put_in_savepoint(
+    tx: &Transaction<'_>,
+    job: &PutJob,
+    mac: Option<&dyn AuditMac>,
+) -> Result<Result<()>> {
     tx.execute_batch("SAVEPOINT put")?;
     let result = apply_put(
         tx,
@@ -263,11 +272,16 @@ fn put_in_savepoint(tx: &Transaction<'_>, job: &PutJob, mac: Option<&dyn AuditMa
         job.notification.as_ref(),
         mac,
     );
+    if tx.is_autocommit() {
+        return Err(result.err().unwrap_or(Error::Unavailable(
+            "the batch's transaction ended early".into(),
+        )));
+    }
     match &result {
         Ok(()) => tx.execute_batch("RELEASE put")?,
         Err(_) => tx.execute_batch("ROLLBACK TO put; RELEASE put")?,
     }
-    result
+    Ok(result)
 }
 
 /// The group-commit writer: takes every job waiting (stores and usage
@@ -310,7 +324,7 @@ fn group_commit_loop(
             let mut conn = lock(&inner.writer);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for put in &batch.puts {
-                stores.push(put_in_savepoint(&tx, put, mac));
+                stores.push(put_in_savepoint(&tx, put, mac)?);
             }
             insert_audits(&tx, &batch.records, mac)?;
             tx.commit()?;

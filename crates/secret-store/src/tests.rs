@@ -1088,6 +1088,109 @@ async fn sqlite_a_failed_usage_log_write_fails_with_and_without_group_commit() {
     }
 }
 
+/// SQLite may roll a transaction back on its own (a full disk, an I/O
+/// error): a trigger raising ROLLBACK does the same on purpose, under the
+/// first store of a batch. The batch must fail as a whole: the store
+/// behind it in the same batch was committed alone, outside the batch's
+/// transaction, while its caller heard that it failed.
+#[tokio::test]
+async fn sqlite_a_batch_rolled_back_under_its_stores_fails_whole_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open_with(
+            &dir.path().join("vault.db"),
+            SqliteOptions {
+                busy_timeout: std::time::Duration::from_secs(60),
+                ..SqliteOptions::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let outside = rusqlite::Connection::open(store.path()).unwrap();
+    outside
+        .execute_batch(
+            "CREATE TRIGGER rolled_back BEFORE INSERT ON secrets
+             WHEN NEW.platform = 'poison'
+             BEGIN SELECT RAISE(ROLLBACK, 'rolled back'); END;",
+        )
+        .unwrap();
+    let queued = |store: Arc<SqliteStore>| async move { store.stats().await.unwrap().audit_queue };
+    let wait_for_queue = |n: u64| {
+        let store = Arc::clone(&store);
+        async move {
+            while queued(Arc::clone(&store)).await < n {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(queued(store).await, n);
+        }
+    };
+
+    // The writer takes a first record and waits for the lock held here,
+    // while the poisoned store, an innocent one and a record queue behind
+    // it: they make up the next batch, in that order.
+    outside.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let first = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.append_audit(audit(AuditAction::Read, "r0")).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!first.is_finished());
+    let put = |platform: &'static str| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .put(
+                    write(&addr(platform), 1, b"sealed"),
+                    None,
+                    audit(AuditAction::Store, platform),
+                    None,
+                )
+                .await
+        })
+    };
+    let poisoned = put("poison");
+    wait_for_queue(1).await;
+    let innocent = put("slack");
+    wait_for_queue(2).await;
+    let record = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.append_audit(audit(AuditAction::Read, "r1")).await }
+    });
+    wait_for_queue(3).await;
+    outside.execute_batch("COMMIT").unwrap();
+
+    first.await.unwrap().unwrap();
+    assert!(poisoned.await.unwrap().is_err());
+    let innocent = innocent.await.unwrap();
+    let record = record.await.unwrap();
+    assert!(
+        innocent.is_err() && record.is_err(),
+        "{innocent:?} {record:?}"
+    );
+    // What the callers heard is what happened: nothing of the batch stayed.
+    assert!(store.get(&addr("slack")).await.unwrap().is_none());
+    let ids: Vec<String> = store
+        .recent_audit(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.request_id)
+        .collect();
+    assert_eq!(ids, ["r0"]);
+    // And the writer goes on.
+    store
+        .put(
+            write(&addr("slack"), 1, b"sealed"),
+            None,
+            audit(AuditAction::Store, "again"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(store.get(&addr("slack")).await.unwrap().is_some());
+}
+
 async fn stripping_the_chain_is_found(fx: Fx) {
     // Every MAC removed.
     let store = chained(&fx, 5).await;

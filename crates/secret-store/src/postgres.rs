@@ -291,9 +291,24 @@ pub fn describe_postgres_url(url: &str) -> String {
         .unwrap_or_else(|_| "<unparsable connection string>".into())
 }
 
+/// Starts a write transaction at READ COMMITTED, whatever the server's
+/// `default_transaction_isolation`: appends take the usage-log lock and
+/// then read the newest sequence number, which must see what the replica
+/// that held the lock before committed. Under REPEATABLE READ the snapshot
+/// would be older than the lock, and the append would collide.
+async fn begin(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await?)
+}
+
 async fn migrate(pool: &Pool) -> Result<()> {
     let mut client = pool.get().await.map_err(pool_error)?;
-    let tx = client.transaction().await?;
+    let tx = begin(&mut client).await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
         .await?;
     let exists: bool = tx
@@ -714,7 +729,7 @@ async fn group_commit_task(
         let mut stores = Vec::with_capacity(batch.puts.len());
         let commit = async {
             let mut client = inner.client().await?;
-            let tx = client.transaction().await?;
+            let tx = begin(&mut client).await?;
             let mut all = Vec::with_capacity(batch.puts.len() + batch.records.len());
             for put in &batch.puts {
                 let r = put_in_savepoint(&tx, put).await;
@@ -743,12 +758,20 @@ impl PostgresStore {
     /// TLS: `sslmode=require` in `url` encrypts every connection and
     /// verifies the server's certificate (against
     /// [`PostgresOptions::tls_ca_file`] or the Mozilla roots) and its name;
-    /// without `sslmode`, or with `sslmode=disable`, connections are plain.
+    /// without `sslmode`, or with `sslmode=disable`, connections are plain;
+    /// `sslmode=prefer`, which may fall back to plain text, is refused.
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self> {
         let mut config = parse_postgres_url(url)?;
-        if !url.contains("sslmode") {
-            // libpq's default ("prefer") would try TLS and fall back to
-            // plain text silently; here TLS is asked for or not used.
+        // libpq's "prefer" (also the default when `sslmode` is not given)
+        // tries TLS and falls back to plain text silently; here TLS is asked
+        // for or not used. Decided on the parsed mode: the word `sslmode`
+        // may appear elsewhere in the string (a password, a name).
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer {
+            if url.contains("sslmode=prefer") {
+                return Err(Error::Invalid(
+                    "sslmode=prefer may fall back to plain text: use sslmode=require, or disable",
+                ));
+            }
             config.ssl_mode(tokio_postgres::config::SslMode::Disable);
         }
         let tls = crate::pg_tls::RustlsMakeConnect::new(options.tls_ca_file.as_deref())?;
@@ -869,7 +892,7 @@ impl SecretStore for PostgresStore {
         audits: Vec<AuditRecord>,
     ) -> Result<()> {
         let mut client = self.inner.client().await?;
-        let tx = client.transaction().await?;
+        let tx = begin(&mut client).await?;
         for w in &writes {
             if w.version != 1 {
                 return Err(Error::Invalid("a batch holds new secrets only (version 1)"));
@@ -899,7 +922,7 @@ impl SecretStore for PostgresStore {
         notification: Option<NewNotification>,
     ) -> Result<()> {
         let mut client = self.inner.client().await?;
-        let tx = client.transaction().await?;
+        let tx = begin(&mut client).await?;
         let stmt = tx
             .prepare_cached(
                 "UPDATE secrets SET status = $4, refresh_due_ms = $5, last_refresh_at_ms = $6,
@@ -943,7 +966,7 @@ impl SecretStore for PostgresStore {
         mut audit: AuditRecord,
     ) -> Result<Option<u64>> {
         let mut client = self.inner.client().await?;
-        let tx = client.transaction().await?;
+        let tx = begin(&mut client).await?;
         let (e, p, pl) = (address.environment(), address.project(), address.platform());
         let deleted: Option<i64> = match expected {
             Some(v) => {
@@ -1205,7 +1228,7 @@ impl SecretStore for PostgresStore {
     async fn set_audit_cursor(&self, name: &str, seq: i64) -> Result<()> {
         let mac = self.inner.audit_mac();
         let mut client = self.inner.client().await?;
-        let tx = client.transaction().await?;
+        let tx = begin(&mut client).await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CURSOR_LOCK])
             .await?;
         let current = tx
@@ -1254,7 +1277,7 @@ impl SecretStore for PostgresStore {
         };
         let now = OffsetDateTime::now_utc();
         let mut client = self.inner.client().await?;
-        let tx = client.transaction().await?;
+        let tx = begin(&mut client).await?;
         // No append in between: the checkpoint must describe the chain as
         // it stands.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
@@ -1562,7 +1585,7 @@ impl SecretStore for PostgresStore {
             return Ok(0);
         }
         let mut client = self.inner.client().await?;
-        let tx = client.transaction().await?;
+        let tx = begin(&mut client).await?;
         let stmt = tx
             .prepare_cached(
                 "UPDATE secrets SET sealed = $1, key_id = $2

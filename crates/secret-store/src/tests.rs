@@ -2167,6 +2167,65 @@ async fn a_sqlite_vault_migrates_into_postgres_whole() {
     );
 }
 
+/// Two replicas appending at once on a server whose default isolation is
+/// REPEATABLE READ: every append still sees the records the other replica
+/// committed while it waited for the usage-log lock, so none collides and
+/// the chain is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_appends_do_not_depend_on_the_default_isolation() {
+    let Some(db) = vault_test_support::TestDatabase::create() else {
+        return;
+    };
+    db.execute(
+        "DO $$ BEGIN EXECUTE format(
+             'ALTER DATABASE %I SET default_transaction_isolation = %L',
+             current_database(), 'repeatable read'); END $$",
+    )
+    .unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store = PostgresStore::connect(db.url(), pg_options())
+            .await
+            .unwrap();
+        store.chain_audit(Arc::new(TestMac));
+        replicas.push(Arc::new(store));
+    }
+    let level: String = replicas[0]
+        .client()
+        .await
+        .unwrap()
+        .query_one("SHOW default_transaction_isolation", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(level, "repeatable read");
+    let mut tasks = Vec::new();
+    for i in 0..160 {
+        let store = Arc::clone(&replicas[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            if i % 4 == 0 {
+                store
+                    .put(
+                        write(&addr(&format!("p{i}")), 1, b"sealed"),
+                        None,
+                        audit(AuditAction::Store, &format!("s{i}")),
+                        None,
+                    )
+                    .await
+            } else {
+                store
+                    .append_audit(audit(AuditAction::Read, &format!("r{i}")))
+                    .await
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let v = replicas[1].verify_audit(Arc::new(TestMac)).await.unwrap();
+    assert_eq!((v.records, v.verified, v.problem), (160, 160, None));
+}
+
 /// The `ssl` column of `pg_stat_ssl` for one of the store's connections.
 async fn encrypted(store: &PostgresStore) -> bool {
     store
@@ -2240,6 +2299,16 @@ async fn postgres_over_tls_verifies_the_server_certificate() {
     assert_eq!(err.kind(), vault_types::ErrorKind::Unavailable, "{err}");
     let by_ip = format!("{}?sslmode=require", db.url());
     assert!(PostgresStore::connect(&by_ip, with_ca).await.is_err());
+    // "prefer" could fall back to plain text: refused, not half-honoured.
+    let err = PostgresStore::connect(&format!("{localhost}&sslmode=prefer"), pg_options())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("sslmode=prefer"), "{err}");
+    // The word elsewhere in the string asks for nothing: plain, as without
+    // `sslmode` (it used to leave the fall-back mode on, which tried TLS).
+    let named = format!("{}?application_name=sslmode-probe", db.url());
+    let store = PostgresStore::connect(&named, pg_options()).await.unwrap();
+    assert!(!encrypted(&store).await);
     // A CA file that does not read is a clear error.
     let err = PostgresStore::connect(
         &localhost,

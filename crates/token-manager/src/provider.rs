@@ -284,6 +284,14 @@ pub trait Provider: fmt::Debug + Send + Sync + 'static {
     /// Revokes one token (RFC 7009 or the provider's own endpoint).
     /// `NotSupported` when the provider cannot revoke this kind of token.
     async fn revoke(&self, token: &Secret, kind: TokenKind) -> Result<(), ProviderError>;
+
+    /// Whether revoking one token ends the whole grant, every token issued
+    /// to the same user and client with it (Google). Tokens thrown away
+    /// because a newer store won are then left to expire rather than
+    /// revoked: the newer token may belong to the same grant.
+    fn revocation_is_grant_wide(&self) -> bool {
+        false
+    }
 }
 
 /// Providers by platform name.
@@ -668,6 +676,10 @@ impl Provider for HttpProvider {
             Err(ProviderError::InvalidResponse) if !def.quirks.ok_envelope => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    fn revocation_is_grant_wide(&self) -> bool {
+        self.def().quirks.revoke_is_grant_wide
     }
 }
 

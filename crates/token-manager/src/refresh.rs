@@ -415,6 +415,11 @@ impl TokenManager {
         let Some(provider) = self.inner.providers.get(address.platform()).cloned() else {
             return;
         };
+        if provider.revocation_is_grant_wide() {
+            // Revoking ours would end the grant the stored token may share.
+            tracing::debug!(address = %address, "a discarded token is left to expire (grant-wide revocation)");
+            return;
+        }
         let mut tokens = vec![(TokenKind::Access, refreshed.access_token.clone())];
         if let Some(rt) = &refreshed.refresh_token
             && kept != Some(rt)

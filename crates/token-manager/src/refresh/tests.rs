@@ -878,29 +878,32 @@ async fn a_refresh_without_expires_in_keeps_the_previous_lifetime() {
     assert!(f.stored("acme").await.meta.refresh.refresh_due.is_some());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_refreshed_but_lost_to_a_concurrent_store_are_revoked() {
-    let f = fixture().await;
-    f.store("acme", Some(60)).await;
+/// Refreshes `platform`'s token while a new one is stored under it: the
+/// new one wins. Returns the provider calls made so far.
+async fn refresh_lost_to_a_concurrent_store(f: &Fixture, platform: &str) -> usize {
+    let calls = f.provider.refresh_calls();
+    f.store(platform, Some(60)).await;
     f.provider.set_delay(StdDuration::from_millis(300));
     f.clock.advance(Duration::seconds(60));
     let tokens = f.tokens.clone();
-    let refreshing = tokio::spawn(async move { tokens.fetch(&ctx(), &addr("acme"), &[]).await });
-    f.wait_for_calls(1).await;
+    let address = addr(platform);
+    let refreshing = tokio::spawn(async move { tokens.fetch(&ctx(), &address, &[]).await });
+    f.wait_for_calls(calls + 1).await;
     let mut t = TokenData::new(Secret::from("at-reconnected"));
     t.expires_in = Some(3600);
     f.tokens
-        .store(&ctx(), StoreRequest::new(addr("acme"), t))
+        .store(&ctx(), StoreRequest::new(addr(platform), t))
         .await
         .unwrap();
     let got = refreshing.await.unwrap().unwrap();
     assert_eq!(got.access_token.expose(), "at-reconnected");
+    f.provider.set_delay(StdDuration::ZERO);
+    calls + 1
+}
+
+async fn wait_until_revoked(f: &Fixture, token: &str) {
     for _ in 0..200 {
-        if f.provider
-            .revoked()
-            .iter()
-            .any(|(t, _)| t == "at-refreshed-1")
-        {
+        if f.provider.revoked().iter().any(|(t, _)| t == token) {
             return;
         }
         tokio::time::sleep(StdDuration::from_millis(10)).await;
@@ -909,4 +912,31 @@ async fn tokens_refreshed_but_lost_to_a_concurrent_store_are_revoked() {
         "the discarded token was not revoked: {:?}",
         f.provider.revoked()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_refreshed_but_lost_to_a_concurrent_store_are_revoked() {
+    let f = fixture().await;
+    let n = refresh_lost_to_a_concurrent_store(&f, "acme").await;
+    wait_until_revoked(&f, &format!("at-refreshed-{n}")).await;
+}
+
+/// Google revokes the whole grant when any of its tokens is revoked: the
+/// token lost to a newer store, which may hold the same grant, is left to
+/// expire instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_refresh_is_not_revoked_where_revocation_ends_the_grant() {
+    let f = fixture().await;
+    let google = refresh_lost_to_a_concurrent_store(&f, "google").await;
+    // A lost refresh of another platform afterwards is revoked: by then,
+    // a revocation of Google's would have been sent too.
+    let acme = refresh_lost_to_a_concurrent_store(&f, "acme").await;
+    wait_until_revoked(&f, &format!("at-refreshed-{acme}")).await;
+    let revoked: Vec<String> = f.provider.revoked().into_iter().map(|(t, _)| t).collect();
+    assert!(
+        revoked.iter().all(|t| t.ends_with(&format!("-{acme}"))),
+        "google's refresh was number {google}: {revoked:?}"
+    );
+    let stored = f.tokens.fetch(&ctx(), &addr("google"), &[]).await.unwrap();
+    assert_eq!(stored.access_token.expose(), "at-reconnected");
 }

@@ -128,7 +128,13 @@ fn chain(err: &dyn std::error::Error) -> String {
 impl From<vault_token_manager::Error> for ApiError {
     fn from(e: vault_token_manager::Error) -> Self {
         // Top-level messages are written for callers; sources are for the log.
-        Self::with_cause(e.kind(), e.code(), e.to_string(), chain(&e))
+        let err = Self::with_cause(e.kind(), e.code(), e.to_string(), chain(&e));
+        match e {
+            vault_token_manager::Error::RefreshRateLimited {
+                retry_after_secs, ..
+            } => err.retry_after(retry_after_secs),
+            _ => err,
+        }
     }
 }
 

@@ -501,7 +501,10 @@ mod tests {
                 platform: p(),
                 kind: "timeout".into(),
             },
-            E::RefreshRateLimited { platform: p() },
+            E::RefreshRateLimited {
+                platform: p(),
+                retry_after_secs: 1,
+            },
             E::NotRefreshable { platform: p() },
             E::Conflict,
             E::AuditUnavailable(S::Invalid("x")),

@@ -46,6 +46,8 @@ pub enum Error {
     RefreshRateLimited {
         /// The platform concerned.
         platform: String,
+        /// Seconds until a new attempt may be made (`Retry-After`).
+        retry_after_secs: u64,
     },
     /// A refresh was asked for a token that cannot be refreshed.
     #[error(

@@ -217,7 +217,10 @@ impl TokenManager {
         // in time. (Counted before this check, and the stop sets its flag
         // before it counts: one of the two sees the other.)
         if self.is_stopping() {
-            return Err(Error::RefreshRateLimited { platform });
+            return Err(Error::RefreshRateLimited {
+                platform,
+                retry_after_secs: 1,
+            });
         }
         let started = std::time::Instant::now();
         let result = provider.refresh(&refresh_token, &token.scopes).await;
@@ -550,8 +553,11 @@ impl TokenManager {
         let now = self.now();
         let cooldown = self.inner.policy.force_cooldown;
         let refresh = &stored.meta.refresh;
-        if refresh.next_attempt_at.is_some_and(|n| n > now) {
-            return Err(Error::RefreshRateLimited { platform });
+        if let Some(next) = refresh.next_attempt_at.filter(|n| *n > now) {
+            return Err(Error::RefreshRateLimited {
+                platform,
+                retry_after_secs: seconds_until(now, next),
+            });
         }
         if refresh.last_refresh_at.is_some_and(|t| now - t < cooldown) {
             return Ok((stored, token));
@@ -895,6 +901,13 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
 fn background_context() -> RequestContext {
     let id = vault_encryption_layer::random_u64().unwrap_or(0);
     RequestContext::new(format!("bg-{id:016x}"), Some("vault".into()))
+}
+
+/// Whole seconds from `now` until `at`, rounded up, at least 1 (for a
+/// `Retry-After`).
+fn seconds_until(now: time::OffsetDateTime, at: time::OffsetDateTime) -> u64 {
+    let ms = u64::try_from((at - now).whole_milliseconds()).unwrap_or(0);
+    ms.div_ceil(1000).max(1)
 }
 
 #[cfg(test)]

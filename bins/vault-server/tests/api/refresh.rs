@@ -116,15 +116,47 @@ async fn forced_refresh_by_post_and_by_query() {
         .await
         .unwrap();
     assert_error(res, 503, "refresh_failed").await;
+    let mut retry_after = Vec::new();
     for _ in 0..5 {
         let res = app
             .as_engine(Method::POST, "/vault/refresh/pf_203/acme", EXECUTION)
             .send()
             .await
             .unwrap();
+        let header = res.headers().get("retry-after").cloned();
         assert_error(res, 429, "refresh_rate_limited").await;
+        let seconds: i64 = header
+            .expect("429 refresh_rate_limited says when to retry")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        retry_after.push(seconds);
     }
     assert_eq!(fake.refresh_calls(), 3);
+    // The clock stands still: the same wait each time, and once it has
+    // passed, the provider is asked again.
+    assert!(
+        retry_after.windows(2).all(|w| w[0] == w[1]),
+        "{retry_after:?}"
+    );
+    assert!((1..=3600).contains(&retry_after[0]), "{retry_after:?}");
+    app.clock
+        .advance(time::Duration::seconds(retry_after[0] - 1));
+    let res = app
+        .as_engine(Method::POST, "/vault/refresh/pf_203/acme", EXECUTION)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 429, "refresh_rate_limited").await;
+    app.clock.advance(time::Duration::seconds(1));
+    let res = app
+        .as_engine(Method::POST, "/vault/refresh/pf_203/acme", EXECUTION)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 503, "refresh_failed").await;
+    assert_eq!(fake.refresh_calls(), 4);
     // Manual tokens cannot be refreshed.
     app.store(&slack_body()).await;
     let mut manual = acme_body(3600);

@@ -24,6 +24,20 @@ pub(crate) struct TokenQuery {
     pub(crate) force_refresh: Option<bool>,
 }
 
+/// Query of `POST /vault/refresh/...` and `GET /vault/status/...`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScopedQuery {
+    /// Environment; the vault's default when absent.
+    #[serde(default)]
+    pub(crate) env: Option<String>,
+    /// Comma-separated scopes the token must carry (a grant with a scope
+    /// restriction applies only when they are named).
+    #[serde(default)]
+    pub(crate) scopes: Option<String>,
+}
+
 /// Query naming an environment.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -8,7 +8,7 @@ use vault_types::{ErrorKind, SecretAddress};
 
 use crate::dto::{
     AuditEntryBody, AuditPageBody, AuditParams, DeleteBody, DeleteProjectBody, EnvQuery,
-    KeyStatusBody, SecretInfoBody, TokenBody, TokenQuery,
+    KeyStatusBody, ScopedQuery, SecretInfoBody, TokenBody, TokenQuery,
 };
 use crate::openapi::ErrorBody;
 use crate::request::{credentials, json_body, parse_json, request_id};
@@ -311,14 +311,29 @@ impl Query for TokenQuery {
     }
 
     fn scopes(&self) -> Result<Vec<String>, ApiError> {
-        vault_token_manager::scope_list(self.scopes.as_deref().unwrap_or("")).map_err(|e| {
-            ApiError::new(
-                ErrorKind::InvalidInput,
-                "invalid_query",
-                format!("scopes: {e}"),
-            )
-        })
+        scope_query(self.scopes.as_deref())
     }
+}
+
+impl Query for ScopedQuery {
+    fn env(&self) -> Option<&str> {
+        self.env.as_deref()
+    }
+
+    fn scopes(&self) -> Result<Vec<String>, ApiError> {
+        scope_query(self.scopes.as_deref())
+    }
+}
+
+/// `?scopes=`, split at commas and checked.
+fn scope_query(scopes: Option<&str>) -> Result<Vec<String>, ApiError> {
+    vault_token_manager::scope_list(scopes.unwrap_or("")).map_err(|e| {
+        ApiError::new(
+            ErrorKind::InvalidInput,
+            "invalid_query",
+            format!("scopes: {e}"),
+        )
+    })
 }
 
 /// `GET /vault/token/{project}/{platform}`.
@@ -356,7 +371,7 @@ pub(crate) async fn fetch(
 /// the provider reject its token) and answer the new token.
 #[utoipa::path(
     post, path = "/vault/refresh/{project}/{platform}", tag = "secrets",
-    params(("project" = String, Path), ("platform" = String, Path), EnvQuery),
+    params(("project" = String, Path), ("platform" = String, Path), ScopedQuery),
     responses(
         (status = 200, description = "The refreshed token", body = TokenBody),
         (status = 404, description = "No secret at the address", body = ErrorBody),
@@ -369,11 +384,12 @@ pub(crate) async fn refresh(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (caller, _, address, _) = secret_request::<EnvQuery>(&state, &req, Action::Read).await?;
+    let (caller, _, address, required) =
+        secret_request::<ScopedQuery>(&state, &req, Action::Read).await?;
     let token = state
         .inner
         .tokens
-        .fetch_with(&caller.ctx, &address, &[], true)
+        .fetch_with(&caller.ctx, &address, &required, true)
         .await?;
     Ok(HttpResponse::Ok().json(TokenBody::new(token, &address)))
 }
@@ -381,7 +397,7 @@ pub(crate) async fn refresh(
 /// `GET /vault/status/{project}/{platform}`: metadata, never a token.
 #[utoipa::path(
     get, path = "/vault/status/{project}/{platform}", tag = "secrets",
-    params(("project" = String, Path), ("platform" = String, Path), EnvQuery),
+    params(("project" = String, Path), ("platform" = String, Path), ScopedQuery),
     responses(
         (status = 200, description = "Status and metadata", body = SecretInfoBody),
         (status = 404, description = "No secret at the address", body = ErrorBody),
@@ -393,7 +409,7 @@ pub(crate) async fn status(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (caller, _, address, _) = secret_request::<EnvQuery>(&state, &req, Action::Read).await?;
+    let (caller, _, address, _) = secret_request::<ScopedQuery>(&state, &req, Action::Read).await?;
     let info = state.inner.tokens.status(&caller.ctx, &address).await?;
     Ok(HttpResponse::Ok().json(SecretInfoBody::from(info)))
 }

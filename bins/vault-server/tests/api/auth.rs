@@ -591,3 +591,53 @@ async fn an_audit_page_fails_rather_than_hide_records_the_core_cannot_decide() {
     let res = page(&app).await.unwrap();
     assert_error(res, 503, "access_resolver_unavailable").await;
 }
+
+/// A grant restricted to some scopes applies to the reads that name them:
+/// the token, and also a forced refresh and the status, which take
+/// `?scopes=` for that.
+#[actix_web::test]
+async fn a_scope_restricted_grant_applies_to_refresh_and_status_too() {
+    let scoped = ("scoped", "scoped-token-0123456789");
+    let extra = format!(
+        "[[engines]]\nid = \"scoped\"\ntoken_sha256 = \"{}\"\ngrants = [{{ actions = [\"read\"], \
+         environments = [\"prod\"], projects = [\"*\"], platforms = [\"*\"], \
+         scopes = [\"chat:write\"] }}]\n",
+        vault_access_resolver::token_sha256_hex(scoped.1)
+    );
+    let app = spawn_app_with(&extra).await;
+    app.store(&slack_body()).await;
+    let call = |method: Method, path: &str| app.as_engine(method, path, scoped).send();
+    let routes = [
+        (Method::GET, "/vault/token/pf_203/slack"),
+        (Method::POST, "/vault/refresh/pf_203/slack"),
+        (Method::GET, "/vault/status/pf_203/slack"),
+    ];
+    for (method, path) in &routes {
+        // Without the scopes named, or with one outside the restriction,
+        // the grant does not apply.
+        for query in ["", "?scopes=users:read", "?scopes=chat:write,users:read"] {
+            let res = call(method.clone(), &format!("{path}{query}"))
+                .await
+                .unwrap();
+            assert_error(res, 403, "forbidden").await;
+        }
+    }
+    let res = call(Method::GET, "/vault/token/pf_203/slack?scopes=chat:write")
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let res = call(Method::GET, "/vault/status/pf_203/slack?scopes=chat:write")
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["platform"], "slack");
+    // No Slack provider is configured here: allowed, then not refreshable.
+    let res = call(
+        Method::POST,
+        "/vault/refresh/pf_203/slack?scopes=chat:write",
+    )
+    .await
+    .unwrap();
+    assert_error(res, 409, "not_refreshable").await;
+}

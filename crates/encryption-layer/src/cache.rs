@@ -122,9 +122,13 @@ impl CachingKeyProvider {
         }
     }
 
-    /// Hits, misses and the current size.
+    /// Hits, misses and the current size (expired keys dropped first).
     pub fn stats(&self) -> CacheStats {
-        let entries = self.lock().entries.len() as u64;
+        let entries = {
+            let mut cache = self.lock();
+            cache.evict(Instant::now(), self.limits);
+            cache.entries.len() as u64
+        };
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
@@ -160,9 +164,14 @@ impl CachingKeyProvider {
         );
     }
 
+    /// The key cached under `fp`, if it has not expired. Every lookup
+    /// also drops the keys that have (the oldest first, so this costs
+    /// nothing when none has): without writes, reads alone must not keep
+    /// unwrapped keys in memory past their time.
     fn lookup(&self, fp: &Fingerprint) -> Option<DataKey> {
         let now = Instant::now();
         let mut cache = self.lock();
+        cache.evict(now, self.limits);
         match cache.entries.get(fp) {
             Some(e) if now.duration_since(e.at) < self.limits.ttl => Some(e.key.duplicate()),
             Some(_) => {
@@ -238,5 +247,41 @@ impl KeyProvider for CachingKeyProvider {
 
     async fn check(&self) -> Result<()> {
         self.inner.check().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LocalKeyProvider;
+
+    #[tokio::test]
+    async fn expired_keys_are_dropped_by_reads_alone() {
+        let cache = CachingKeyProvider::new(
+            Arc::new(LocalKeyProvider::generate().unwrap()),
+            CacheLimits {
+                ttl: Duration::from_millis(200),
+                max_entries: 100,
+            },
+        );
+        let mut wrapped = Vec::new();
+        for _ in 0..3 {
+            let key = DataKey::generate().unwrap();
+            wrapped.push(cache.wrap(&key).await.unwrap());
+        }
+        let first = &wrapped[0];
+        cache.unwrap(&first.key_id, &first.bytes).await.unwrap();
+        assert_eq!((cache.stats().hits, cache.stats().entries), (1, 3));
+        std::thread::sleep(Duration::from_millis(300));
+        // A read of a key never cached (a miss, which fails), after the
+        // others expired: they are gone.
+        assert!(
+            cache
+                .unwrap(&first.key_id, b"not a wrapped key")
+                .await
+                .is_err()
+        );
+        assert_eq!(cache.lock().entries.len(), 0);
+        assert_eq!(cache.stats().entries, 0);
     }
 }

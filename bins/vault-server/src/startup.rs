@@ -148,6 +148,21 @@ pub async fn open_vault(config: &Config, allow_create: bool) -> Result<Opened, S
 /// measures, traces or (in tests) injects faults.
 pub type StoreLayer = Box<dyn FnOnce(Arc<dyn SecretStore>) -> Arc<dyn SecretStore> + Send>;
 
+/// How long a key change waits for every process to have seen it: each
+/// reloads keys within one check interval; two of them and a margin for
+/// work in flight. A master key is retired, and a new usage-log key is
+/// signed with, only after this, so that no process still seals under the
+/// key removed or meets a signature it cannot check.
+fn key_grace(config: &Config) -> Duration {
+    Duration::from_secs(
+        config
+            .keys
+            .check_interval_secs
+            .saturating_mul(2)
+            .saturating_add(10),
+    )
+}
+
 async fn open_vault_with_clock(
     config: &Config,
     allow_create: bool,
@@ -166,6 +181,7 @@ async fn open_vault_with_clock(
         .providers(providers(config)?)
         .refresh_policy(refresh_policy(config))
         .notifications(notifications)
+        .audit_key_grace(key_grace(config))
         .build();
     let audit_keys = tokens.load_audit_keys().await.map_err(|e| match e {
         vault_token_manager::Error::Crypto(c @ vault_encryption_layer::Error::Decrypt) => {
@@ -366,22 +382,11 @@ fn local_keys(
                     ensure_private_dir(dir)?;
                 }
             }
-            // Every process using the file reloads it within one check
-            // interval; a retirement waits out two of them and a margin
-            // for writes in flight, so nothing is still sealing under the
-            // key it removes.
-            let grace = Duration::from_secs(
-                config
-                    .keys
-                    .check_interval_secs
-                    .saturating_mul(2)
-                    .saturating_add(10),
-            );
             LocalKeyProvider::from_file(
                 &path,
                 allow_create && config.keys.create_if_missing && in_use.is_empty(),
             )?
-            .with_retire_grace(grace)
+            .with_retire_grace(key_grace(config))
         }
         _ => LocalKeyProvider::from_env(&config.keys.env_var)?,
     };

@@ -126,10 +126,18 @@ pub(crate) fn chain_position(
 ) -> Result<(i64, Vec<u8>)> {
     let last_seq = last.as_ref().map_or(0, |(s, _)| *s);
     if let (Some(m), Some((seq, head_mac, signature, version))) = (mac, head) {
-        if !signed(
-            anchor_signature(m, version, "head", seq, &head_mac),
-            &signature,
-        ) {
+        let expected = anchor_signature(m, version, "head", seq, &head_mac);
+        if expected.is_none() {
+            // Signed with a key version this process has not loaded (a
+            // rotation elsewhere it has yet to pick up): not a forgery on
+            // its face, and nothing can be appended until it reloads.
+            return Err(Error::Unavailable(format!(
+                "the usage log's head is signed with key version {}, which this process \
+                 has not loaded yet",
+                version.unwrap_or(1)
+            )));
+        }
+        if !signed(expected, &signature) {
             return Err(Error::Corrupt(
                 "the usage log's head anchor does not verify (run `audit verify`); \
                  nothing is appended over it"

@@ -50,9 +50,19 @@ impl AuditKeyring {
         }
     }
 
-    /// The newest version.
+    /// The version new records are made with.
     pub fn current_version(&self) -> u32 {
         self.current
+    }
+
+    /// The newest version loaded (newer than the current one while a
+    /// rotation's grace runs).
+    pub fn newest_version(&self) -> u32 {
+        self.keys
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(self.current)
     }
 }
 
@@ -152,14 +162,37 @@ impl TokenManager {
             let opened = envelope.open(&r.sealed, &audit_key_aad(r.version)).await?;
             keys.insert(r.version, DataKey::from_slice(&opened)?);
         }
-        let current = records.iter().map(|r| r.version).max().unwrap_or(1);
+        let current = self.usable_audit_key(&records);
         let ring = Arc::new(AuditKeyring { keys, current });
         store.chain_audit(Arc::clone(&ring) as Arc<dyn AuditMac>);
         Ok(ring)
     }
 
-    /// Creates a new usage-log key version and chains new records with it;
-    /// records made with older versions keep verifying with theirs.
+    /// The newest usage-log key version new records may be made with: the
+    /// oldest one, or one added at least the grace ago (so that every
+    /// process has loaded it before anything is signed with it).
+    fn usable_audit_key(&self, records: &[AuditKeyRecord]) -> u32 {
+        let now = self.now();
+        let grace = time::Duration::try_from(self.inner.audit_key_grace).ok();
+        let oldest = records.iter().map(|r| r.version).min().unwrap_or(1);
+        records
+            .iter()
+            .filter(|r| {
+                r.version == oldest
+                    || grace
+                        .and_then(|g| r.created_at.checked_add(g))
+                        .is_some_and(|usable| usable <= now)
+            })
+            .map(|r| r.version)
+            .max()
+            .unwrap_or(oldest)
+    }
+
+    /// Creates a new usage-log key version; new records are made with it
+    /// once the grace set with
+    /// [`TokenManagerBuilder::audit_key_grace`](crate::TokenManagerBuilder::audit_key_grace)
+    /// has passed (at once without one). Records made with older versions
+    /// keep verifying with theirs.
     pub async fn rotate_audit_key(&self, ctx: &RequestContext) -> Result<u32> {
         let current = self.newest_audit_key().await?;
         if current == 0 {
@@ -211,14 +244,19 @@ impl TokenManager {
         Ok(id)
     }
 
-    /// Picks up master-key versions another process added or retired and
-    /// a usage-log key another process rotated. True when anything changed.
+    /// Picks up master-key versions another process added or retired, a
+    /// usage-log key another process rotated, and a rotated usage-log key
+    /// whose grace has passed. True when anything changed.
     pub async fn reload_keys(&self, audit: &mut Option<Arc<AuditKeyring>>) -> Result<bool> {
         let mut changed = self.inner.envelope.key_provider().reload().await?;
         let newest = self.newest_audit_key().await?;
-        if newest > 0 && Some(newest) != audit.as_ref().map(|a| a.current_version()) {
-            *audit = Some(self.load_audit_keys().await?);
-            changed = true;
+        let loaded = audit
+            .as_ref()
+            .map(|a| (a.newest_version(), a.current_version()));
+        if newest > 0 && loaded.is_none_or(|(n, current)| n != newest || current != newest) {
+            let ring = self.load_audit_keys().await?;
+            changed |= loaded != Some((ring.newest_version(), ring.current_version()));
+            *audit = Some(ring);
         }
         Ok(changed)
     }
@@ -412,6 +450,11 @@ pub async fn run_key_maintenance(
                         break;
                     }
                     tokio::time::sleep(config.pause).await;
+                    // A long pass must not delay picking up rotations: the
+                    // graces of other processes count on this interval.
+                    if let Err(e) = manager.reload_keys(&mut audit).await {
+                        tracing::warn!(error = %e, "reloading keys failed");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rewrap step failed; retrying later");

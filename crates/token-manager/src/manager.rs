@@ -82,6 +82,9 @@ pub(crate) struct Inner {
     pub(crate) metrics: TokenMetrics,
     /// Whether reads are recorded (always, outside benchmarks).
     pub(crate) audit_reads: bool,
+    /// How long a new usage-log key version waits before new records are
+    /// made with it (see [`TokenManagerBuilder::audit_key_grace`]).
+    pub(crate) audit_key_grace: std::time::Duration,
     /// Who this process is when it holds refresh leases: unique per
     /// process start, so a restarted replica does not inherit a lease.
     pub(crate) holder: String,
@@ -149,6 +152,7 @@ pub struct TokenManagerBuilder {
     policy: RefreshPolicy,
     notifications: bool,
     audit_reads: bool,
+    audit_key_grace: std::time::Duration,
 }
 
 impl TokenManagerBuilder {
@@ -175,6 +179,17 @@ impl TokenManagerBuilder {
         self
     }
 
+    /// How long a usage-log key version added by a rotation waits before
+    /// new records are made with it (default: none). Every process writing
+    /// to the same store must have loaded a version before any record or
+    /// anchor is signed with it, or its appends fail over a head it cannot
+    /// check; several processes should wait longer than each reloads keys
+    /// ([`run_key_maintenance`](crate::run_key_maintenance)'s interval).
+    pub fn audit_key_grace(mut self, grace: std::time::Duration) -> Self {
+        self.audit_key_grace = grace;
+        self
+    }
+
     /// Whether to queue notifications (re-authorization needed, recovered)
     /// for delivery by [`TokenManager::run_notifier`].
     pub fn notifications(mut self, enabled: bool) -> Self {
@@ -197,6 +212,7 @@ impl TokenManagerBuilder {
                 unpersisted: Mutex::default(),
                 metrics: TokenMetrics::default(),
                 audit_reads: self.audit_reads,
+                audit_key_grace: self.audit_key_grace,
                 holder: format!(
                     "{}-{:016x}",
                     std::process::id(),
@@ -309,6 +325,7 @@ impl TokenManager {
             policy: RefreshPolicy::default(),
             notifications: false,
             audit_reads: true,
+            audit_key_grace: std::time::Duration::ZERO,
         }
     }
 

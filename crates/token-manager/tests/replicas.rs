@@ -42,6 +42,17 @@ fn ctx() -> RequestContext {
 
 impl Replicas {
     async fn start(postgres: bool, n: usize, lease: StdDuration) -> Option<Self> {
+        Self::start_with(postgres, n, lease, StdDuration::ZERO).await
+    }
+
+    /// [`Replicas::start`], with new usage-log keys used only after
+    /// `audit_key_grace`.
+    async fn start_with(
+        postgres: bool,
+        n: usize,
+        lease: StdDuration,
+        audit_key_grace: StdDuration,
+    ) -> Option<Self> {
         let data = if postgres {
             Data::Postgres(TestDatabase::create()?)
         } else {
@@ -92,6 +103,7 @@ impl Replicas {
                     ..RefreshPolicy::default()
                 })
                 .notifications(true)
+                .audit_key_grace(audit_key_grace)
                 .build(),
             );
         }
@@ -405,6 +417,53 @@ async fn a_delete_waits_for_a_refresh_on_another_replica(postgres: bool) {
     assert_eq!(r.provider.refresh_calls(), 1);
 }
 
+/// The usage-log key rotated on one replica: the other, which has not
+/// reloaded its keys yet, goes on appending (nothing is signed with the new
+/// version before the grace); both pick it up; the chain verifies.
+async fn a_usage_log_key_rotated_on_one_replica_does_not_stop_the_other(postgres: bool) {
+    let grace = StdDuration::from_secs(20);
+    let Some(r) = Replicas::start_with(postgres, 2, StdDuration::from_secs(30), grace).await else {
+        return;
+    };
+    let mut rings = Vec::new();
+    for replica in &r.replicas {
+        rings.push(Some(replica.load_audit_keys().await.unwrap()));
+    }
+    r.store(0, 3600).await;
+    assert_eq!(r.replicas[0].rotate_audit_key(&ctx()).await.unwrap(), 2);
+    r.replicas[0].fetch(&ctx(), &addr(0), &[]).await.unwrap();
+    r.replicas[1].fetch(&ctx(), &addr(0), &[]).await.unwrap();
+    // Both know version 2 now; neither signs with it yet.
+    for (replica, ring) in r.replicas.iter().zip(rings.iter_mut()) {
+        replica.reload_keys(ring).await.unwrap();
+        let ring = ring.as_ref().unwrap();
+        assert_eq!((ring.newest_version(), ring.current_version()), (2, 1));
+        replica.fetch(&ctx(), &addr(0), &[]).await.unwrap();
+    }
+    r.clock.advance(Duration::seconds(21));
+    for (replica, ring) in r.replicas.iter().zip(rings.iter_mut()) {
+        assert!(
+            replica.reload_keys(ring).await.unwrap(),
+            "the grace is over"
+        );
+        assert_eq!(ring.as_ref().unwrap().current_version(), 2);
+    }
+    for _ in 0..3 {
+        for replica in &r.replicas {
+            replica.fetch(&ctx(), &addr(0), &[]).await.unwrap();
+        }
+    }
+    let mac = rings[1].clone().unwrap() as Arc<dyn vault_secret_store::AuditMac>;
+    let v = r.replicas[1]
+        .secret_store()
+        .verify_audit(mac)
+        .await
+        .unwrap();
+    assert_eq!(v.problem, None, "{v:?}");
+    assert_eq!(v.verified, v.records);
+    assert!(v.records >= 11, "{v:?}");
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -434,4 +493,5 @@ on_both!(
     tokens_refreshed_but_not_stored_keep_their_lease_until_written,
     a_delete_waits_for_a_refresh_on_another_replica,
     one_replica_at_a_time_sends_webhooks_even_when_a_round_outlasts_the_lease,
+    a_usage_log_key_rotated_on_one_replica_does_not_stop_the_other,
 );

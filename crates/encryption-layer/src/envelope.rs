@@ -41,7 +41,13 @@ pub(crate) const MAX_KEY_ID_LEN: usize = 64;
 pub struct Envelope {
     keys: Arc<dyn KeyProvider>,
     rng: SystemRandom,
+    /// When an unknown master key last made this envelope reload its keys.
+    reloaded_for_unknown: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// The least time between two reloads for a value sealed under a master key
+/// this process does not know.
+const UNKNOWN_KEY_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl fmt::Debug for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -140,7 +146,36 @@ impl Envelope {
         Self {
             keys,
             rng: SystemRandom::new(),
+            reloaded_for_unknown: Arc::default(),
         }
+    }
+
+    /// Unwraps a data key. A master key this process does not know may have
+    /// been added by another one sharing the key source (a rotation it has
+    /// not picked up yet, which sealed this value): the keys are reloaded
+    /// then, at most once a second, and the unwrap tried again (also when
+    /// another caller's reload may have found the key meanwhile).
+    async fn unwrap_key(&self, key_id: &str, wrapped: &[u8]) -> Result<DataKey> {
+        match self.keys.unwrap(key_id, wrapped).await {
+            Err(Error::UnknownKey { .. }) => {}
+            other => return other,
+        }
+        let due = {
+            let mut last = self
+                .reloaded_for_unknown
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            let due = last.is_none_or(|at| now.duration_since(at) >= UNKNOWN_KEY_RELOAD_EVERY);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if due && let Err(e) = self.keys.reload().await {
+            tracing::warn!(error = %e, "reloading master keys for an unknown key failed");
+        }
+        self.keys.unwrap(key_id, wrapped).await
     }
 
     /// The key provider behind this envelope.
@@ -178,7 +213,7 @@ impl Envelope {
     /// result opens with the same associated data as before.
     pub async fn rewrap(&self, sealed: &[u8]) -> Result<Vec<u8>> {
         let parsed = parse(sealed)?;
-        let data_key = self.keys.unwrap(parsed.key_id, parsed.wrapped).await?;
+        let data_key = self.unwrap_key(parsed.key_id, parsed.wrapped).await?;
         let wrapped = self.keys.wrap(&data_key).await?;
         let mut out = header(&wrapped, &parsed.nonce, parsed.ciphertext.len())?;
         out.extend_from_slice(parsed.ciphertext);
@@ -192,7 +227,7 @@ impl Envelope {
     /// plaintext is returned in a buffer that is zeroized on drop.
     pub async fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         let parsed = parse(sealed)?;
-        let data_key = self.keys.unwrap(parsed.key_id, parsed.wrapped).await?;
+        let data_key = self.unwrap_key(parsed.key_id, parsed.wrapped).await?;
         let key = aead_key(&data_key)?;
         let mut buf = Zeroizing::new(parsed.ciphertext.to_vec());
         let len = key

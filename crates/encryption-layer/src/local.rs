@@ -67,6 +67,9 @@ fn hex(bytes: &[u8]) -> String {
 /// The versions a local provider holds; the last one is active.
 struct Ring {
     keys: Vec<LocalKey>,
+    /// Bumped on every replacement, so that a reload that read the file
+    /// before a rotation in this process cannot put the older ring back.
+    generation: u64,
 }
 
 impl Ring {
@@ -236,7 +239,10 @@ impl Drop for FileLock {
 impl LocalKeyProvider {
     fn with_keys(keys: Vec<LocalKey>, source: Source) -> Self {
         Self {
-            ring: RwLock::new(Ring { keys }),
+            ring: RwLock::new(Ring {
+                keys,
+                generation: 0,
+            }),
             source,
             rng: SystemRandom::new(),
             retire_grace: std::time::Duration::ZERO,
@@ -292,6 +298,18 @@ impl LocalKeyProvider {
     fn replace_ring(&self, keys: Vec<LocalKey>) {
         let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
         ring.keys = keys;
+        ring.generation += 1;
+    }
+
+    /// Replaces the ring only if nothing replaced it since `generation`.
+    fn replace_ring_if(&self, keys: Vec<LocalKey>, generation: u64) -> bool {
+        let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
+        if ring.generation != generation {
+            return false;
+        }
+        ring.keys = keys;
+        ring.generation += 1;
+        true
     }
 
     /// A provider for the given raw key bytes (one version).
@@ -571,17 +589,23 @@ impl KeyProvider for LocalKeyProvider {
         let Source::File(path) = &self.source else {
             return Ok(false);
         };
+        let generation = self.ring().generation;
         let keys = Self::read_file(path)?;
         let changed = {
             let ring = self.ring();
             ring.keys.len() != keys.len() || ring.keys.iter().zip(&keys).any(|(a, b)| a.id != b.id)
         };
-        if changed {
-            let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
-            tracing::info!(key_ids = ?ids, "master key file changed; reloaded");
-            self.replace_ring(keys);
+        if !changed {
+            return Ok(false);
         }
-        Ok(changed)
+        let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+        // A rotation or retirement here since the read wrote a newer file
+        // and installed it: what was read is older, and is dropped.
+        if !self.replace_ring_if(keys, generation) {
+            return Ok(false);
+        }
+        tracing::info!(key_ids = ?ids, "master key file changed; reloaded");
+        Ok(true)
     }
 }
 

@@ -294,11 +294,13 @@ impl KeyProvider for TransitProvider {
 
     async fn reload(&self) -> Result<bool> {
         let info = self.read_key().await?;
-        let old_latest = self.latest.swap(info.latest_version, Ordering::AcqRel);
+        // Versions are never deleted above the newest: a slow reload that
+        // read the key before a rotation here must not take it back.
+        let old_latest = self.latest.fetch_max(info.latest_version, Ordering::AcqRel);
         let old_min = self
             .min_decryption
             .swap(info.min_decryption_version, Ordering::AcqRel);
-        Ok(old_latest != info.latest_version || old_min != info.min_decryption_version)
+        Ok(old_latest < info.latest_version || old_min != info.min_decryption_version)
     }
 }
 

@@ -133,3 +133,30 @@ async fn rewrap_moves_a_value_to_the_new_key_without_changing_the_payload() {
     assert!(env.open(&sealed, b"p/x/slack#1").await.is_err());
     assert!(env.open(&rewrapped, b"p/x/slack#1").await.is_ok());
 }
+
+/// Two processes sharing a key file: one rotates and seals under the new
+/// key; the other, which has not reloaded the file yet, opens the value
+/// all the same (an unknown key makes it look again), and a value under a
+/// key nobody has stays an unknown key.
+#[tokio::test]
+async fn a_value_sealed_under_a_key_another_process_just_added_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let here = Arc::new(LocalKeyProvider::from_file(&path, true).unwrap());
+    let there = Arc::new(LocalKeyProvider::from_file(&path, false).unwrap());
+    let here_env = Envelope::new(Arc::clone(&here) as Arc<dyn KeyProvider>);
+    let there_env = Envelope::new(Arc::clone(&there) as Arc<dyn KeyProvider>);
+    let new = there.rotate().await.unwrap();
+    let sealed = there_env
+        .seal(b"xoxb-after-rotation", b"aad")
+        .await
+        .unwrap();
+    assert!(!here.has_key(&new), "not reloaded yet");
+    let opened = here_env.open(&sealed, b"aad").await.unwrap();
+    assert_eq!(&opened[..], b"xoxb-after-rotation");
+    assert!(here.has_key(&new));
+
+    let stranger = envelope().seal(b"x", b"aad").await.unwrap();
+    let err = here_env.open(&stranger, b"aad").await.unwrap_err();
+    assert!(matches!(err, Error::UnknownKey { .. }), "{err}");
+}

@@ -245,3 +245,18 @@ async fn a_list_of_keys_forms_a_ring_with_the_last_one_active() {
     assert_eq!(ring.key_ids().len(), 3);
     assert_eq!(ring.active_key_id(), new);
 }
+
+/// A reload that read the key file before a rotation in this process
+/// finished does not put the older ring back.
+#[tokio::test]
+async fn a_reload_that_read_the_file_before_a_rotation_does_not_undo_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let p = LocalKeyProvider::from_file(&path, true).unwrap();
+    let generation = p.ring().generation;
+    let read_before = LocalKeyProvider::read_file(&path).unwrap();
+    let new = p.rotate().await.unwrap();
+    assert!(!p.replace_ring_if(read_before, generation));
+    assert_eq!(p.active_key_id(), new);
+    assert!(!p.reload().await.unwrap(), "the file and the ring agree");
+}

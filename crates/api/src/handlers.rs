@@ -94,13 +94,18 @@ async fn authenticate(
                 ctx: RequestContext::new(request_id, Some(principal.engine_id.clone())),
                 principal,
             };
-            if let Err(wait) = limiter.admit(&caller.principal.engine_id) {
+            if let Err(throttled) = limiter.admit(&caller.principal.engine_id) {
                 let err = ApiError::new(
                     ErrorKind::RateLimited,
                     "rate_limited",
                     "this engine is over its request rate; retry later",
                 )
-                .retry_after(wait);
+                .retry_after(throttled.wait_secs);
+                // Recorded once per run of refusals: an engine over its rate
+                // must not cost a database write per refused request.
+                if !throttled.first {
+                    return Err(err);
+                }
                 return Err(refuse(state, &caller.ctx, action, None, err).await);
             }
             Ok(caller)

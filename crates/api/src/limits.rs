@@ -45,6 +45,16 @@ struct Failures {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Refusing since the last request admitted.
+    refusing: bool,
+}
+
+/// An engine over its request rate: how long to wait, and whether this is
+/// the first refusal since it was last admitted (the one worth recording).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Throttled {
+    pub(crate) wait_secs: u64,
+    pub(crate) first: bool,
 }
 
 /// The failure counts, and when expired ones were last dropped.
@@ -287,9 +297,9 @@ impl Limiter {
         }
     }
 
-    /// Takes one request from `engine_id`'s bucket; `Err(seconds)` to wait
-    /// when it is empty.
-    pub(crate) fn admit(&self, engine_id: &str) -> Result<(), u64> {
+    /// Takes one request from `engine_id`'s bucket; [`Throttled`] when it
+    /// is empty.
+    pub(crate) fn admit(&self, engine_id: &str) -> Result<(), Throttled> {
         let rate = f64::from(self.limits.engine_rate_per_sec);
         if rate <= 0.0 {
             return Ok(());
@@ -303,15 +313,22 @@ impl Limiter {
         let bucket = map.entry(engine_id.to_owned()).or_insert(Bucket {
             tokens: burst,
             at: now,
+            refusing: false,
         });
         bucket.tokens =
             (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
+            bucket.refusing = false;
             Ok(())
         } else {
-            Err(((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64)
+            let first = !bucket.refusing;
+            bucket.refusing = true;
+            Err(Throttled {
+                wait_secs: ((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64,
+                first,
+            })
         }
     }
 }
@@ -546,8 +563,18 @@ mod tests {
         for _ in 0..3 {
             assert!(l.admit("e").is_ok());
         }
-        assert_eq!(l.admit("e"), Err(1));
+        let throttled = |first| {
+            Err(Throttled {
+                wait_secs: 1,
+                first,
+            })
+        };
+        assert_eq!(l.admit("e"), throttled(true));
+        assert_eq!(l.admit("e"), throttled(false), "one refusal is the first");
         assert!(l.admit("other").is_ok(), "buckets are per engine");
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(l.admit("e").is_ok(), "a token came back");
+        assert_eq!(l.admit("e"), throttled(true), "a new run of refusals");
         let unlimited = limiter(5, 0, 1);
         for _ in 0..1000 {
             assert!(unlimited.admit("e").is_ok());

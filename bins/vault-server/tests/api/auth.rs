@@ -361,10 +361,31 @@ async fn engines_over_their_request_rate_get_429() {
     assert_eq!(&statuses[..3], [200, 200, 200]);
     assert!(statuses[3..].contains(&429), "{statuses:?}");
     let res = app.get("/vault/token/pf_203/slack").await;
+    statuses.push(res.status().as_u16());
     if res.status().as_u16() == 429 {
         assert!(res.headers().contains_key("retry-after"));
         assert_error(res, 429, "rate_limited").await;
     }
+    // A run of refusals is recorded once, not once per request.
+    for _ in 0..30 {
+        statuses.push(app.get("/vault/token/pf_203/slack").await.status().as_u16());
+    }
+    let runs = statuses
+        .iter()
+        .enumerate()
+        .filter(|&(i, &s)| s == 429 && (i == 0 || statuses[i - 1] != 429))
+        .count();
+    let recorded = app
+        .audit(200)
+        .await
+        .iter()
+        .filter(|r| r.detail.as_deref() == Some("rate_limited"))
+        .count();
+    assert!(runs >= 1 && statuses.iter().filter(|&&s| s == 429).count() > runs);
+    assert_eq!(
+        recorded, runs,
+        "{recorded} records for {runs} runs of refusals: {statuses:?}"
+    );
 }
 
 #[actix_web::test]

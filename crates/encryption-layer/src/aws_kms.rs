@@ -177,6 +177,15 @@ impl AwsKmsProvider {
             })?;
         if !status.is_success() {
             let err: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or_default();
+            // KMS's answer to a wrapped key it did not make, or one that was
+            // changed: the stored value is damaged or was swapped, which no
+            // retry mends (not the service being unavailable).
+            let kind = err.kind.rsplit('#').next().unwrap_or_default();
+            if status == reqwest::StatusCode::BAD_REQUEST
+                && matches!(kind, "InvalidCiphertextException" | "IncorrectKeyException")
+            {
+                return Err(Error::Decrypt);
+            }
             let message = format!(
                 "{operation} at {} answered {status}: {} {}",
                 self.config.endpoint, err.kind, err.message

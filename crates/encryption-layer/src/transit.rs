@@ -153,6 +153,16 @@ impl TransitProvider {
             })?;
         if !status.is_success() {
             let errors: Errors = serde_json::from_slice(&bytes).unwrap_or_default();
+            // Transit's answer to a ciphertext that was changed or is not
+            // one of its own: a damaged or swapped value, not an outage.
+            if what == "decrypt"
+                && status == reqwest::StatusCode::BAD_REQUEST
+                && errors.errors.iter().any(|e| {
+                    e.contains("message authentication failed") || e.contains("invalid ciphertext")
+                })
+            {
+                return Err(Error::Decrypt);
+            }
             let message = format!(
                 "transit {what} at {} answered {status}: {}",
                 self.config.address,

@@ -306,3 +306,29 @@ async fn an_error_text_in_any_utf8_is_cut_short_without_a_panic() {
         assert!(message.len() < 400, "{}", message.len());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrapped_key_kms_does_not_recognise_is_a_decryption_failure_not_an_outage() {
+    for kind in [
+        "InvalidCiphertextException",
+        "com.amazonaws.kms#IncorrectKeyException",
+    ] {
+        let body = serde_json::json!({"__type": kind, "message": "no"});
+        let server = serve(answer("400 Bad Request", &body.to_string()));
+        let provider = kms(&server.url);
+        let err = provider
+            .unwrap(&provider.active_key_id(), b"changed")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Decrypt), "{kind}: {err}");
+    }
+    // Anything else stays the service's failure.
+    let body = serde_json::json!({"__type": "KMSInternalException", "message": "busy"});
+    let server = serve(answer("400 Bad Request", &body.to_string()));
+    let provider = kms(&server.url);
+    let err = provider
+        .unwrap(&provider.active_key_id(), b"changed")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Kms(_)), "{err}");
+}

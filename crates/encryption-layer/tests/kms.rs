@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vault_encryption_layer::{
-    AwsCredentials, AwsKmsConfig, AwsKmsProvider, CacheLimits, CachingKeyProvider, Envelope, Error,
-    KeyProvider, TransitConfig, TransitProvider, sealed_key_id,
+    AwsCredentials, AwsKmsConfig, AwsKmsProvider, CacheLimits, CachingKeyProvider, DataKey,
+    Envelope, Error, KeyProvider, TransitConfig, TransitProvider, sealed_key_id,
 };
 use vault_test_support::{Moto, free_port, have_tool};
 use zeroize::Zeroizing;
@@ -232,6 +232,17 @@ async fn transit_versions_rotate_rewrap_and_retire() {
     );
     assert!(replica.reload().await.unwrap());
     assert_eq!(replica.active_key_id(), v2_id);
+
+    // A changed ciphertext is a decryption failure, not an outage.
+    let wrapped = transit.wrap(&DataKey::generate().unwrap()).await.unwrap();
+    let mut changed = String::from_utf8(wrapped.bytes).unwrap();
+    let last = changed.pop().unwrap();
+    changed.push(if last == 'A' { 'B' } else { 'A' });
+    let err = transit
+        .unwrap(&wrapped.key_id, changed.as_bytes())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Decrypt), "{err}");
 
     let rewrapped = envelope.rewrap(&v1).await.unwrap();
     assert_eq!(sealed_key_id(&rewrapped).unwrap(), v2_id);

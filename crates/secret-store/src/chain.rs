@@ -178,6 +178,21 @@ pub(crate) fn check_cursor(
     }
 }
 
+/// Refuses to begin the chain where it has begun before (a head anchor, or
+/// records with MACs) but its start anchor is gone: someone removed the
+/// anchors, and starting afresh would hide that from `audit verify`, which
+/// reports the log as unanchored until then.
+pub(crate) fn check_chain_not_begun(chained_before: bool) -> Result<()> {
+    if chained_before {
+        return Err(Error::Corrupt(
+            "the usage log's start anchor is missing although its chain has begun \
+             (run `audit verify`); nothing is appended"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The last sequence number one retention chunk may reach: `limit` records
 /// from the oldest, `first`, and none past `max_seq`.
 pub(crate) fn prune_upto(first: i64, max_seq: i64, limit: u32) -> i64 {

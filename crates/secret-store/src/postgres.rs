@@ -31,7 +31,8 @@ use vault_types::SecretAddress;
 
 use crate::chain::{
     Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, chain_position,
-    check_cursor, checkpoint_signature, from_ms, mac_version, ms, prune_upto, verify_rows,
+    check_chain_not_begun, check_cursor, checkpoint_signature, from_ms, mac_version, ms,
+    prune_upto, verify_rows,
 };
 use crate::group::{self, Batch, Pending, PutJob, Reply};
 use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
@@ -469,11 +470,20 @@ async fn insert_audits(
         Some(_) => get_anchor(c, "head").await?,
         None => None,
     };
+    let had_head = head.is_some();
     let (mut seq, mut prev) = chain_position(mac, last, head)?;
     let version = mac.and_then(mac_version);
     if let Some(m) = mac
         && get_anchor(c, "start").await?.is_none()
     {
+        let chained_before: bool = had_head
+            || c.query_one(
+                "SELECT EXISTS (SELECT 1 FROM audit_log WHERE mac IS NOT NULL)",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        check_chain_not_begun(chained_before)?;
         put_anchor(c, m, "start", seq, &prev).await?;
     }
     // Chained here, written in one statement (one round trip per batch,

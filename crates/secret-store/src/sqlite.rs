@@ -14,7 +14,8 @@ use vault_types::SecretAddress;
 
 use crate::chain::{
     Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, chain_position,
-    check_cursor, checkpoint_signature, from_ms, mac_version, ms, prune_upto, verify_rows,
+    check_chain_not_begun, check_cursor, checkpoint_signature, from_ms, mac_version, ms,
+    prune_upto, verify_rows,
 };
 use crate::group::{self, Batch, Pending, PutJob, Reply};
 use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
@@ -106,7 +107,14 @@ const MIGRATIONS: &[&str] = &[
         mac       BLOB    NOT NULL,
         signature BLOB    NOT NULL
     ) STRICT;
-    ALTER TABLE audit_cursors ADD COLUMN signature BLOB;",
+    ALTER TABLE audit_cursors ADD COLUMN signature BLOB;
+    -- A chain older than its anchors was never anchored: its MACs are
+    -- dropped, and the first append after the upgrade begins the chain,
+    -- signed (records with MACs and no start anchor are otherwise taken
+    -- for a stripped chain). Sink cursors were not signed: they start over,
+    -- so records may be delivered twice but none is skipped.
+    UPDATE audit_log SET mac = NULL WHERE mac IS NOT NULL;
+    DELETE FROM audit_cursors;",
     // 8: versioned usage-log keys (each MAC and signature names the
     // version it was made with; NULL is version 1), and an index to find
     // the values still sealed under an old master key.
@@ -647,6 +655,7 @@ fn insert_audits(
         Some(_) => get_anchor(tx, "head")?,
         None => None,
     };
+    let had_head = head.is_some();
     let (mut seq, mut prev) = chain_position(mac, last, head)?;
     let mut stmt = tx.prepare_cached(
         "INSERT INTO audit_log (seq, at_ms, request_id, engine_id, action, environment, project,
@@ -657,6 +666,11 @@ fn insert_audits(
     if let Some(m) = mac
         && get_anchor(tx, "start")?.is_none()
     {
+        let chained_before: bool = had_head
+            || tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM audit_log WHERE mac IS NOT NULL)")?
+                .query_row([], |r| r.get(0))?;
+        check_chain_not_begun(chained_before)?;
         // The first chained record: everything before it is from before
         // the chain, and the signed start anchor says so.
         put_anchor(tx, m, "start", seq, &prev)?;
@@ -1971,6 +1985,10 @@ pub(crate) const MIGRATION_1: &str = MIGRATIONS[0];
 
 #[cfg(test)]
 pub(crate) const MIGRATIONS_BEFORE_REKEY: &[&str] = MIGRATIONS.split_at(REKEY_MIGRATION - 1).0;
+
+/// The migrations of a file from before the chain's anchors (migration 7).
+#[cfg(test)]
+pub(crate) const MIGRATIONS_BEFORE_ANCHORS: &[&str] = MIGRATIONS.split_at(6).0;
 
 /// Copies the SQLite database at `source` to a new file `dest` (mode 0600,
 /// which must not exist) with SQLite's online backup API while other

@@ -617,6 +617,47 @@ async fn sqlite_rows_live_at_their_address_key_and_collisions_use_the_index() {
     assert!(store.get(&addr("github")).await.unwrap().is_none());
 }
 
+/// A file whose chain is older than its anchors (migration 7): after the
+/// upgrade the chain begins afresh, signed, with the first append (those
+/// old MACs were never anchored), and the unsigned sink cursors start over.
+#[tokio::test]
+async fn sqlite_a_chain_from_before_anchors_begins_at_the_first_append_after_the_upgrade() {
+    use crate::sqlite::MIGRATIONS_BEFORE_ANCHORS;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in MIGRATIONS_BEFORE_ANCHORS {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", MIGRATIONS_BEFORE_ANCHORS.len() as i64)
+            .unwrap();
+        for seq in 1..=3 {
+            conn.execute(
+                "INSERT INTO audit_log (seq, at_ms, request_id, action, outcome, mac)
+                 VALUES (?1, 1, 'old', 'read', 'success', X'0102')",
+                rusqlite::params![seq],
+            )
+            .unwrap();
+        }
+        conn.execute_batch("INSERT INTO audit_cursors (name, seq) VALUES ('forward', 2)")
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.chain_audit(Arc::new(TestMac));
+    assert_eq!(store.audit_cursor("forward").await.unwrap(), 0);
+    store
+        .append_audit(audit(AuditAction::Read, "new"))
+        .await
+        .unwrap();
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
+    assert_eq!(
+        (v.records, v.verified, v.problem.clone()),
+        (4, 1, None),
+        "{v:?}"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_migration_moves_old_rows_to_their_keys() {
     use crate::sqlite::{MIGRATIONS_BEFORE_REKEY, row_key};
@@ -1280,6 +1321,24 @@ async fn nothing_is_appended_over_a_forged_head(fx: Fx) {
     assert!(err.to_string().contains("head anchor"), "{err}");
     let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
     assert!(v.problem.is_some(), "{v:?}");
+}
+
+/// Removed anchors leave the log unanchored for `audit verify`; the next
+/// append must not begin the chain afresh over them (which would hide the
+/// removal), whether the head went too or not.
+async fn the_chain_is_not_begun_again_over_removed_anchors(fx: Fx) {
+    for removed in ["name = 'start'", "TRUE"] {
+        let store = chained(&fx, 5).await;
+        fx.exec(&format!("DELETE FROM audit_anchors WHERE {removed}"));
+        let err = store
+            .append_audit(audit(AuditAction::Read, "after-the-strip"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("start anchor"), "{err}");
+        let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
+        assert_eq!(v.problem, Some(AuditProblem::Unanchored), "{removed}");
+        fx.exec("DELETE FROM audit_log; DELETE FROM audit_anchors;");
+    }
 }
 
 async fn forged_rows_below_a_checkpoint_are_found(fx: Fx) {
@@ -2016,6 +2075,7 @@ conformance!(
     cutting_off_the_newest_records_is_found,
     records_cut_off_the_end_stay_missing_after_later_appends,
     nothing_is_appended_over_a_forged_head,
+    the_chain_is_not_begun_again_over_removed_anchors,
     verify_sees_one_snapshot_while_records_are_appended,
     forged_rows_below_a_checkpoint_are_found,
     a_cursor_moved_by_hand_is_refused,

@@ -108,21 +108,19 @@ async fn forced_refresh_by_post_and_by_query() {
         .unwrap();
     assert_eq!(body["access_token"], "at-refreshed-2");
     // A failing provider: the retry storm is cut off by the backoff (429).
+    let force = || async {
+        app.as_engine(Method::POST, "/vault/refresh/pf_203/acme", EXECUTION)
+            .send()
+            .await
+            .unwrap()
+    };
     fake.set_mode(Mode::Status(500));
     app.clock.advance(time::Duration::seconds(11));
-    let res = app
-        .as_engine(Method::POST, "/vault/refresh/pf_203/acme", EXECUTION)
-        .send()
-        .await
-        .unwrap();
+    let res = force().await;
     assert_error(res, 503, "refresh_failed").await;
     let mut retry_after = Vec::new();
     for _ in 0..5 {
-        let res = app
-            .as_engine(Method::POST, "/vault/refresh/pf_203/acme", EXECUTION)
-            .send()
-            .await
-            .unwrap();
+        let res = force().await;
         let header = res.headers().get("retry-after").cloned();
         assert_error(res, 429, "refresh_rate_limited").await;
         let seconds: i64 = header
@@ -143,18 +141,10 @@ async fn forced_refresh_by_post_and_by_query() {
     assert!((1..=3600).contains(&retry_after[0]), "{retry_after:?}");
     app.clock
         .advance(time::Duration::seconds(retry_after[0] - 1));
-    let res = app
-        .as_engine(Method::POST, "/vault/refresh/pf_203/acme", EXECUTION)
-        .send()
-        .await
-        .unwrap();
+    let res = force().await;
     assert_error(res, 429, "refresh_rate_limited").await;
     app.clock.advance(time::Duration::seconds(1));
-    let res = app
-        .as_engine(Method::POST, "/vault/refresh/pf_203/acme", EXECUTION)
-        .send()
-        .await
-        .unwrap();
+    let res = force().await;
     assert_error(res, 503, "refresh_failed").await;
     assert_eq!(fake.refresh_calls(), 4);
     // Manual tokens cannot be refreshed.

@@ -107,14 +107,7 @@ const MIGRATIONS: &[&str] = &[
         mac       BLOB    NOT NULL,
         signature BLOB    NOT NULL
     ) STRICT;
-    ALTER TABLE audit_cursors ADD COLUMN signature BLOB;
-    -- A chain older than its anchors was never anchored: its MACs are
-    -- dropped, and the first append after the upgrade begins the chain,
-    -- signed (records with MACs and no start anchor are otherwise taken
-    -- for a stripped chain). Sink cursors were not signed: they start over,
-    -- so records may be delivered twice but none is skipped.
-    UPDATE audit_log SET mac = NULL WHERE mac IS NOT NULL;
-    DELETE FROM audit_cursors;",
+    ALTER TABLE audit_cursors ADD COLUMN signature BLOB;",
     // 8: versioned usage-log keys (each MAC and signature names the
     // version it was made with; NULL is version 1), and an index to find
     // the values still sealed under an old master key.
@@ -143,6 +136,19 @@ const MIGRATIONS: &[&str] = &[
     // `row_key`), so that a read finds the row in one B-tree descent; the
     // rows are moved by `rekey_secrets` in the same transaction.
     "-- rows re-keyed in Rust",
+    // 12: what files from before the anchors (7) kept of their chain. MACs
+    // at or before the start anchor (all of them where there is none) are
+    // from a chain that was never anchored: dropped, so that the chain
+    // begins, signed, with the next append (records with MACs and no start
+    // anchor are otherwise taken for a chain whose anchors were removed).
+    // Sink cursors never signed start over: records may be delivered twice,
+    // none is skipped.
+    "UPDATE audit_log SET mac = NULL, mac_key = NULL
+         WHERE mac IS NOT NULL
+           AND seq <= coalesce(
+               (SELECT seq FROM audit_anchors WHERE name = 'start'),
+               (SELECT max(seq) FROM audit_log));
+    DELETE FROM audit_cursors WHERE signature IS NULL;",
 ];
 
 /// The migration (1-based, as `user_version` counts) after whose SQL

@@ -658,6 +658,51 @@ async fn sqlite_a_chain_from_before_anchors_begins_at_the_first_append_after_the
     );
 }
 
+/// A file from before the anchors that an older build upgraded: it began
+/// the chain after the records it had chained without anchors, whose MACs
+/// then stood before the start anchor, where `audit verify` expects none.
+/// Migration 12 drops them.
+#[tokio::test]
+async fn sqlite_macs_before_the_start_anchor_are_dropped_by_migration_12() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.db");
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        for i in 0..2 {
+            store
+                .append_audit(audit(AuditAction::Read, &format!("old{i}")))
+                .await
+                .unwrap();
+        }
+        store.chain_audit(Arc::new(TestMac));
+        store
+            .append_audit(audit(AuditAction::Read, "chained"))
+            .await
+            .unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("UPDATE audit_log SET mac = X'0102' WHERE seq <= 2")
+        .unwrap();
+    let before = SqliteStore::open(&path).await.unwrap();
+    let v = before.verify_audit(Arc::new(TestMac)).await.unwrap();
+    assert!(v.problem.is_some(), "the old MACs stand out: {v:?}");
+    drop(before);
+    conn.pragma_update(None, "user_version", 11).unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.chain_audit(Arc::new(TestMac));
+    let v = store.verify_audit(Arc::new(TestMac)).await.unwrap();
+    assert_eq!(
+        (v.records, v.verified, v.problem.clone()),
+        (3, 1, None),
+        "{v:?}"
+    );
+    store
+        .append_audit(audit(AuditAction::Read, "after"))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn sqlite_migration_moves_old_rows_to_their_keys() {
     use crate::sqlite::{MIGRATIONS_BEFORE_REKEY, row_key};

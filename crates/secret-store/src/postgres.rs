@@ -774,12 +774,16 @@ impl PostgresStore {
         let mut config = parse_postgres_url(url)?;
         // libpq's "prefer" (also the default when `sslmode` is not given)
         // tries TLS and falls back to plain text silently; here TLS is asked
-        // for or not used. Decided on the parsed mode: the word `sslmode`
-        // may appear elsewhere in the string (a password, a name).
+        // for or not used. The parsed mode cannot tell "prefer" written out
+        // (in any spelling the parser takes) from no mode at all, so a
+        // string that names `sslmode` anywhere and still parses as prefer
+        // is refused, and one that never names it is plain.
         if config.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer {
-            if url.contains("sslmode=prefer") {
+            if url.to_ascii_lowercase().contains("sslmode") {
                 return Err(Error::Invalid(
-                    "sslmode=prefer may fall back to plain text: use sslmode=require, or disable",
+                    "the connection string asks for sslmode=prefer (or names sslmode without \
+                     setting it), which may fall back to plain text: set sslmode=require, \
+                     or sslmode=disable",
                 ));
             }
             config.ssl_mode(tokio_postgres::config::SslMode::Disable);
@@ -800,6 +804,21 @@ impl PostgresStore {
             },
         );
         let pool = Pool::builder(manager)
+            // Every transaction at READ COMMITTED, whatever the server's
+            // `default_transaction_isolation`: the single-statement writes
+            // (leases, notifications, keys) re-check their conditions under
+            // concurrency instead of failing to serialize, and the appends
+            // see what was committed before they took the usage-log lock.
+            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(
+                            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                        )
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }))
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(options.connect_timeout))

@@ -2295,15 +2295,24 @@ async fn postgres_appends_do_not_depend_on_the_default_isolation() {
         store.chain_audit(Arc::new(TestMac));
         replicas.push(Arc::new(store));
     }
-    let level: String = replicas[0]
+    // The database's default, as a plain connection sees it; the store's
+    // connections set their own.
+    let (plain, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let show = "SHOW default_transaction_isolation";
+    let database: String = plain.query_one(show, &[]).await.unwrap().get(0);
+    assert_eq!(database, "repeatable read");
+    let store: String = replicas[0]
         .client()
         .await
         .unwrap()
-        .query_one("SHOW default_transaction_isolation", &[])
+        .query_one(show, &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(level, "repeatable read");
+    assert_eq!(store, "read committed");
     let mut tasks = Vec::new();
     for i in 0..160 {
         let store = Arc::clone(&replicas[i % 2]);
@@ -2329,6 +2338,26 @@ async fn postgres_appends_do_not_depend_on_the_default_isolation() {
     }
     let v = replicas[1].verify_audit(Arc::new(TestMac)).await.unwrap();
     assert_eq!((v.records, v.verified, v.problem), (160, 160, None));
+
+    // Single-statement writes contending for one row: each answers held
+    // or not, none fails to serialize.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = Arc::clone(&replicas[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            let ttl = std::time::Duration::from_millis(1);
+            let job = store.acquire_job_lease("job", &format!("h{i}"), ttl).await;
+            let lease = store
+                .acquire_refresh_lease(&addr("p0"), &format!("h{i}"), ttl)
+                .await;
+            (job.map(|_| ()), lease.map(|_| ()))
+        }));
+    }
+    for t in tasks {
+        let (job, lease) = t.await.unwrap();
+        job.unwrap();
+        lease.unwrap();
+    }
 }
 
 /// The `ssl` column of `pg_stat_ssl` for one of the store's connections.
@@ -2404,14 +2433,31 @@ async fn postgres_over_tls_verifies_the_server_certificate() {
     assert_eq!(err.kind(), vault_types::ErrorKind::Unavailable, "{err}");
     let by_ip = format!("{}?sslmode=require", db.url());
     assert!(PostgresStore::connect(&by_ip, with_ca).await.is_err());
-    // "prefer" could fall back to plain text: refused, not half-honoured.
-    let err = PostgresStore::connect(&format!("{localhost}&sslmode=prefer"), pg_options())
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("sslmode=prefer"), "{err}");
-    // The word elsewhere in the string asks for nothing: plain, as without
-    // `sslmode` (it used to leave the fall-back mode on, which tried TLS).
-    let named = format!("{}?application_name=sslmode-probe", db.url());
+    // "prefer" could fall back to plain text: refused, however it is
+    // written, and so is a string that names sslmode without setting it
+    // (it used to leave the fall-back mode on); an explicit mode beside
+    // the word is taken.
+    // Refused before any connection is made: the rest of the string is
+    // never used.
+    let key_value = |extra: &str| format!("host=127.0.0.1 user=postgres dbname=test {extra}");
+    for prefer in [
+        format!("{localhost}&sslmode=prefer"),
+        key_value("sslmode = prefer"),
+        key_value("sslmode='prefer'"),
+        format!("{}?application_name=sslmode-probe", db.url()),
+    ] {
+        let err = PostgresStore::connect(&prefer, pg_options())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("sslmode=prefer"),
+            "{prefer}: {err}"
+        );
+    }
+    let named = format!(
+        "{}?application_name=sslmode-probe&sslmode=disable",
+        db.url()
+    );
     let store = PostgresStore::connect(&named, pg_options()).await.unwrap();
     assert!(!encrypted(&store).await);
     // A CA file that does not read is a clear error.

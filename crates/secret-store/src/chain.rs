@@ -127,16 +127,6 @@ pub(crate) fn chain_position(
     let last_seq = last.as_ref().map_or(0, |(s, _)| *s);
     if let (Some(m), Some((seq, head_mac, signature, version))) = (mac, head) {
         let expected = anchor_signature(m, version, "head", seq, &head_mac);
-        if expected.is_none() {
-            // Signed with a key version this process has not loaded (a
-            // rotation elsewhere it has yet to pick up): not a forgery on
-            // its face, and nothing can be appended until it reloads.
-            return Err(Error::Unavailable(format!(
-                "the usage log's head is signed with key version {}, which this process \
-                 has not loaded yet",
-                version.unwrap_or(1)
-            )));
-        }
         if !signed(expected, &signature) {
             return Err(Error::Corrupt(
                 "the usage log's head anchor does not verify (run `audit verify`); \
@@ -152,6 +142,38 @@ pub(crate) fn chain_position(
         .and_then(|(_, m)| m)
         .unwrap_or_else(|| GENESIS.to_vec());
     Ok((last_seq, prev))
+}
+
+/// The key version of `head`'s signature when `mac` does not hold it: the
+/// caller asks the store whether that version exists (see
+/// [`unknown_key_version`]) before [`chain_position`] takes the head for a
+/// forgery.
+pub(crate) fn unknown_head_version(
+    mac: Option<&dyn AuditMac>,
+    head: Option<&Anchor>,
+) -> Option<i64> {
+    let (m, (_, _, _, version)) = (mac?, head?);
+    let v = version.unwrap_or(1);
+    let known = u32::try_from(v).is_ok_and(|v| m.mac_with(v, b"").is_some());
+    (!known).then_some(v)
+}
+
+/// The error for a head signed with key `version`, which this process does
+/// not hold: a version the store has (another process rotated the key, and
+/// this one has not loaded it yet) is a wait; one it does not have is a
+/// forged head.
+pub(crate) fn unknown_key_version(version: i64, stored: bool) -> Error {
+    if stored {
+        Error::Unavailable(format!(
+            "the usage log's head is signed with key version {version}, which this process \
+             has not loaded yet"
+        ))
+    } else {
+        Error::Corrupt(format!(
+            "the usage log's head is signed with key version {version}, which does not exist \
+             (run `audit verify`); nothing is appended over it"
+        ))
+    }
 }
 
 /// The key version new MACs are made with, as stored.

@@ -32,7 +32,7 @@ use vault_types::SecretAddress;
 use crate::chain::{
     Anchor, ChainRow, Checkpoint, GENESIS, anchor_signature, chain_mac, chain_position,
     check_chain_not_begun, check_cursor, checkpoint_signature, from_ms, mac_version, ms,
-    prune_upto, verify_rows,
+    prune_upto, unknown_head_version, unknown_key_version, verify_rows,
 };
 use crate::group::{self, Batch, Pending, PutJob, Reply};
 use crate::row::{SecretRow, i64_of, opt_ms, ttl_ms, u64_of};
@@ -471,6 +471,16 @@ async fn insert_audits(
         None => None,
     };
     let had_head = head.is_some();
+    if let Some(version) = unknown_head_version(mac, head.as_ref()) {
+        let stored: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM audit_keys WHERE version = $1)",
+                &[&version],
+            )
+            .await?
+            .try_get(0)?;
+        return Err(unknown_key_version(version, stored));
+    }
     let (mut seq, mut prev) = chain_position(mac, last, head)?;
     let version = mac.and_then(mac_version);
     if let Some(m) = mac

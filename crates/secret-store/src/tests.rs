@@ -1368,6 +1368,36 @@ async fn nothing_is_appended_over_a_forged_head(fx: Fx) {
     assert!(v.problem.is_some(), "{v:?}");
 }
 
+/// A head signed with a key version this process has not loaded: a wait
+/// when the store holds that version (another process rotated the key), a
+/// forgery when it does not.
+async fn a_head_under_an_unknown_key_version_is_a_wait_or_a_forgery(fx: Fx) {
+    let store = chained(&fx, 3).await;
+    fx.exec("UPDATE audit_anchors SET mac_key = 999 WHERE name = 'head'");
+    let err = store
+        .append_audit(audit(AuditAction::Read, "over-999"))
+        .await
+        .unwrap_err();
+    // (Group commits answer every failure as the commit's; the message
+    // tells the two apart.)
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    store
+        .add_audit_key(AuditKeyRecord {
+            version: 2,
+            sealed: b"sealed elsewhere".to_vec(),
+            key_id: "k".into(),
+            created_at: T0,
+        })
+        .await
+        .unwrap();
+    fx.exec("UPDATE audit_anchors SET mac_key = 2 WHERE name = 'head'");
+    let err = store
+        .append_audit(audit(AuditAction::Read, "over-2"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not loaded yet"), "{err}");
+}
+
 /// Removed anchors leave the log unanchored for `audit verify`; the next
 /// append must not begin the chain afresh over them (which would hide the
 /// removal), whether the head went too or not.
@@ -2121,6 +2151,7 @@ conformance!(
     records_cut_off_the_end_stay_missing_after_later_appends,
     nothing_is_appended_over_a_forged_head,
     the_chain_is_not_begun_again_over_removed_anchors,
+    a_head_under_an_unknown_key_version_is_a_wait_or_a_forgery,
     verify_sees_one_snapshot_while_records_are_appended,
     forged_rows_below_a_checkpoint_are_found,
     a_cursor_moved_by_hand_is_refused,

@@ -116,7 +116,10 @@ async fn execute(config: &Config, cmd: KeysCommand) -> Result<ExitCode, String> 
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{v}");
-            eprintln!("usage-log records are now chained with key version {v}");
+            eprintln!(
+                "usage-log key version {v} added; new records are chained with it once every \
+                 process has had time to load it (twice keys.check_interval_secs plus 10 s)"
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

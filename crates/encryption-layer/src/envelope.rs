@@ -41,8 +41,10 @@ pub(crate) const MAX_KEY_ID_LEN: usize = 64;
 pub struct Envelope {
     keys: Arc<dyn KeyProvider>,
     rng: SystemRandom,
-    /// When an unknown master key last made this envelope reload its keys.
-    reloaded_for_unknown: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// When an unknown master key last made this envelope reload its keys;
+    /// held while it does, so that callers meeting the same key wait for
+    /// that reload instead of failing beside it.
+    reloaded_for_unknown: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// The least time between two reloads for a value sealed under a master key
@@ -160,20 +162,20 @@ impl Envelope {
             Err(Error::UnknownKey { .. }) => {}
             other => return other,
         }
-        let due = {
-            let mut last = self
-                .reloaded_for_unknown
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let now = std::time::Instant::now();
-            let due = last.is_none_or(|at| now.duration_since(at) >= UNKNOWN_KEY_RELOAD_EVERY);
-            if due {
-                *last = Some(now);
+        let failed_at = std::time::Instant::now();
+        {
+            // Waits for a reload under way; one begun after this failure
+            // has looked already.
+            let mut last = self.reloaded_for_unknown.lock().await;
+            let looked_since = last.is_some_and(|at| at >= failed_at);
+            let due =
+                last.is_none_or(|at| failed_at.duration_since(at) >= UNKNOWN_KEY_RELOAD_EVERY);
+            if !looked_since && due {
+                *last = Some(std::time::Instant::now());
+                if let Err(e) = self.keys.reload().await {
+                    tracing::warn!(error = %e, "reloading master keys for an unknown key failed");
+                }
             }
-            due
-        };
-        if due && let Err(e) = self.keys.reload().await {
-            tracing::warn!(error = %e, "reloading master keys for an unknown key failed");
         }
         self.keys.unwrap(key_id, wrapped).await
     }

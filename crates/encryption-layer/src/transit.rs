@@ -307,10 +307,12 @@ impl KeyProvider for TransitProvider {
         // Versions are never deleted above the newest: a slow reload that
         // read the key before a rotation here must not take it back.
         let old_latest = self.latest.fetch_max(info.latest_version, Ordering::AcqRel);
+        // Retirement only raises the minimum: the same holds for it (a
+        // minimum lowered by hand at the server is seen after a restart).
         let old_min = self
             .min_decryption
-            .swap(info.min_decryption_version, Ordering::AcqRel);
-        Ok(old_latest < info.latest_version || old_min != info.min_decryption_version)
+            .fetch_max(info.min_decryption_version, Ordering::AcqRel);
+        Ok(old_latest < info.latest_version || old_min < info.min_decryption_version)
     }
 }
 

@@ -248,7 +248,10 @@ impl TokenManager {
     /// usage-log key another process rotated, and a rotated usage-log key
     /// whose grace has passed. True when anything changed.
     pub async fn reload_keys(&self, audit: &mut Option<Arc<AuditKeyring>>) -> Result<bool> {
-        let mut changed = self.inner.envelope.key_provider().reload().await?;
+        // A master key source that fails to reload must not keep the
+        // usage-log keys from being picked up (their grace counts on it).
+        let master = self.inner.envelope.key_provider().reload().await;
+        let mut changed = false;
         let newest = self.newest_audit_key().await?;
         let loaded = audit
             .as_ref()
@@ -258,7 +261,7 @@ impl TokenManager {
             changed |= loaded != Some((ring.newest_version(), ring.current_version()));
             *audit = Some(ring);
         }
-        Ok(changed)
+        Ok(master? || changed)
     }
 
     /// Rewraps up to `batch` stored values that are not under the active
@@ -441,6 +444,7 @@ pub async fn run_key_maintenance(
         }
         let mut after = None;
         let mut total = 0u64;
+        let mut reloaded = tokio::time::Instant::now();
         loop {
             match manager.rewrap_step(after, config.batch).await {
                 Ok(step) => {
@@ -450,10 +454,13 @@ pub async fn run_key_maintenance(
                         break;
                     }
                     tokio::time::sleep(config.pause).await;
-                    // A long pass must not delay picking up rotations: the
-                    // graces of other processes count on this interval.
-                    if let Err(e) = manager.reload_keys(&mut audit).await {
-                        tracing::warn!(error = %e, "reloading keys failed");
+                    // A long pass must not delay picking up rotations past
+                    // the interval: the graces of other processes count on it.
+                    if reloaded.elapsed() >= config.interval {
+                        reloaded = tokio::time::Instant::now();
+                        if let Err(e) = manager.reload_keys(&mut audit).await {
+                            tracing::warn!(error = %e, "reloading keys failed");
+                        }
                     }
                 }
                 Err(e) => {

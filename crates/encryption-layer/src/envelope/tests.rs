@@ -138,7 +138,7 @@ async fn rewrap_moves_a_value_to_the_new_key_without_changing_the_payload() {
 /// key; the other, which has not reloaded the file yet, opens the value
 /// all the same (an unknown key makes it look again), and a value under a
 /// key nobody has stays an unknown key.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_sealed_under_a_key_another_process_just_added_opens() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("master.key");
@@ -155,6 +155,22 @@ async fn a_value_sealed_under_a_key_another_process_just_added_opens() {
     let opened = here_env.open(&sealed, b"aad").await.unwrap();
     assert_eq!(&opened[..], b"xoxb-after-rotation");
     assert!(here.has_key(&new));
+
+    // Many readers meeting the next new key at once (reloads for unknown
+    // keys are at most one a second): one reloads, the others wait for it,
+    // none fails.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    there.rotate().await.unwrap();
+    let sealed = there_env.seal(b"xoxb-again", b"aad").await.unwrap();
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            let (env, sealed) = (here_env.clone(), sealed.clone());
+            tokio::spawn(async move { env.open(&sealed, b"aad").await })
+        })
+        .collect();
+    for reader in readers {
+        assert_eq!(&reader.await.unwrap().unwrap()[..], b"xoxb-again");
+    }
 
     let stranger = envelope().seal(b"x", b"aad").await.unwrap();
     let err = here_env.open(&stranger, b"aad").await.unwrap_err();

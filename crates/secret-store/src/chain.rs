@@ -154,7 +154,7 @@ pub(crate) fn unknown_head_version(
 ) -> Option<i64> {
     let (m, (_, _, _, version)) = (mac?, head?);
     let v = version.unwrap_or(1);
-    let known = u32::try_from(v).is_ok_and(|v| m.mac_with(v, b"").is_some());
+    let known = u32::try_from(v).is_ok_and(|v| m.knows(v));
     (!known).then_some(v)
 }
 

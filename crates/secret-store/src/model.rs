@@ -293,6 +293,12 @@ pub trait AuditMac: std::fmt::Debug + Send + Sync + 'static {
     fn mac_with(&self, version: u32, data: &[u8]) -> Option<[u8; 32]> {
         (version == self.version()).then(|| self.mac(data))
     }
+
+    /// Whether [`AuditMac::mac_with`] knows key `version`. The default asks
+    /// it for a MAC; implementations that can tell without one should.
+    fn knows(&self, version: u32) -> bool {
+        self.mac_with(version, &[]).is_some()
+    }
 }
 
 /// A version of the usage-log key, sealed under a master key.

@@ -75,6 +75,10 @@ impl AuditMac for AuditKeyring {
         self.current
     }
 
+    fn knows(&self, version: u32) -> bool {
+        self.keys.contains_key(&version)
+    }
+
     fn mac_with(&self, version: u32, data: &[u8]) -> Option<[u8; 32]> {
         self.keys
             .get(&version)

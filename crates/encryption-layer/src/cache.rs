@@ -57,12 +57,12 @@ struct Cache {
 }
 
 impl Cache {
-    /// Drops expired keys and, when full, the oldest ones (each zeroized
-    /// as it is dropped).
-    fn evict(&mut self, now: Instant, limits: CacheLimits) {
+    /// Drops expired keys and, to make room for one more, the oldest live
+    /// ones while full (each zeroized as it is dropped).
+    fn evict(&mut self, now: Instant, limits: CacheLimits, make_room: bool) {
         while let Some(&(at, fp)) = self.order.front() {
             let expired = now.duration_since(at) >= limits.ttl;
-            if !expired && self.entries.len() < limits.max_entries {
+            if !expired && (!make_room || self.entries.len() < limits.max_entries) {
                 break;
             }
             self.order.pop_front();
@@ -126,7 +126,7 @@ impl CachingKeyProvider {
     pub fn stats(&self) -> CacheStats {
         let entries = {
             let mut cache = self.lock();
-            cache.evict(Instant::now(), self.limits);
+            cache.evict(Instant::now(), self.limits, false);
             cache.entries.len() as u64
         };
         CacheStats {
@@ -153,7 +153,7 @@ impl CachingKeyProvider {
         }
         let now = Instant::now();
         let mut cache = self.lock();
-        cache.evict(now, self.limits);
+        cache.evict(now, self.limits, true);
         cache.order.push_back((now, fp));
         cache.entries.insert(
             fp,
@@ -165,21 +165,13 @@ impl CachingKeyProvider {
     }
 
     /// The key cached under `fp`, if it has not expired. Every lookup
-    /// also drops the keys that have (the oldest first, so this costs
-    /// nothing when none has): without writes, reads alone must not keep
-    /// unwrapped keys in memory past their time.
+    /// first drops the keys that have (the oldest first, so this costs
+    /// nothing when none has; what is left is live): without writes, reads
+    /// alone must not keep unwrapped keys in memory past their time.
     fn lookup(&self, fp: &Fingerprint) -> Option<DataKey> {
-        let now = Instant::now();
         let mut cache = self.lock();
-        cache.evict(now, self.limits);
-        match cache.entries.get(fp) {
-            Some(e) if now.duration_since(e.at) < self.limits.ttl => Some(e.key.duplicate()),
-            Some(_) => {
-                cache.entries.remove(fp);
-                None
-            }
-            None => None,
-        }
+        cache.evict(Instant::now(), self.limits, false);
+        cache.entries.get(fp).map(|e| e.key.duplicate())
     }
 }
 
@@ -283,5 +275,30 @@ mod tests {
         );
         assert_eq!(cache.lock().entries.len(), 0);
         assert_eq!(cache.stats().entries, 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_keeps_its_live_keys_on_reads() {
+        let cache = CachingKeyProvider::new(
+            Arc::new(LocalKeyProvider::generate().unwrap()),
+            CacheLimits {
+                ttl: Duration::from_secs(300),
+                max_entries: 2,
+            },
+        );
+        let mut wrapped = Vec::new();
+        for _ in 0..2 {
+            wrapped.push(cache.wrap(&DataKey::generate().unwrap()).await.unwrap());
+        }
+        for _ in 0..3 {
+            for w in &wrapped {
+                cache.unwrap(&w.key_id, &w.bytes).await.unwrap();
+            }
+        }
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (6, 0, 2));
+        // A third key makes room by dropping the oldest.
+        cache.wrap(&DataKey::generate().unwrap()).await.unwrap();
+        assert_eq!(cache.stats().entries, 2);
     }
 }

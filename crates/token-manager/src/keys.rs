@@ -260,7 +260,9 @@ impl TokenManager {
         let loaded = audit
             .as_ref()
             .map(|a| (a.newest_version(), a.current_version()));
-        if newest > 0 && loaded.is_none_or(|(n, current)| n != newest || current != newest) {
+        // Current <= loaded newest <= the store's newest: one comparison
+        // covers a version added elsewhere and a grace still running.
+        if newest > 0 && loaded.is_none_or(|(_, current)| current != newest) {
             let ring = self.load_audit_keys().await?;
             changed |= loaded != Some((ring.newest_version(), ring.current_version()));
             *audit = Some(ring);

@@ -296,7 +296,10 @@ pub fn describe_postgres_url(url: &str) -> String {
 /// `default_transaction_isolation`: appends take the usage-log lock and
 /// then read the newest sequence number, which must see what the replica
 /// that held the lock before committed. Under REPEATABLE READ the snapshot
-/// would be older than the lock, and the append would collide.
+/// would be older than the lock, and the append would collide. The pool
+/// sets the same level for every session when it connects; asking again
+/// here keeps these transactions right behind a pooler in transaction
+/// mode, where a session setting does not stick.
 async fn begin(
     client: &mut deadpool_postgres::Object,
 ) -> Result<deadpool_postgres::Transaction<'_>> {
